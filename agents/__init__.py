@@ -1,0 +1,1 @@
+"""The jobs sluice ships. One module per job; each exposes ``build(settings) -> Job``."""
