@@ -14,10 +14,16 @@ def worker() -> None:
     Joins the consumer group SLUICE_APP_ID, restores tables from SLUICE_DATA_DIR and their
     changelog topics, serves /metrics, /healthz and /readyz on SLUICE_WEB_PORT. SIGTERM drains
     in-flight events, commits and leaves the group within SLUICE_SHUTDOWN_TIMEOUT seconds.
+
+    Exit codes: 0 stopped cleanly, 1 runtime failure (nothing uncommitted is lost: a restart
+    replays it), 2 bad configuration or untrusted state (one line says which).
     """
     settings = load_settings()
+    from service.app import build_jobs
     from service.logs import configure
+    from service.metrics import Metrics
     from service.worker import run_worker
 
+    build_jobs(settings, Metrics(process=False))  # an unknown job is a config error: exit 2 now
     configure(settings.log_level)
     raise SystemExit(run_worker(settings))

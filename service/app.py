@@ -1,0 +1,46 @@
+"""The app factory: a worker built from settings, with nothing done at import time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agents import rollup, wordcount
+from service.engine import Engine
+from service.errors import ConfigError
+from service.job import Job
+from service.metrics import Metrics
+from service.settings import Settings
+
+
+def job_catalog(settings: Settings, metrics: Metrics) -> dict[str, Callable[[], Job]]:
+    """Every job this release ships, by name, built lazily from settings."""
+    late = metrics.late_events.labels("rollup")
+    return {
+        "wordcount": wordcount.build,
+        "rollup": lambda: rollup.build(settings.window_grace_ms, on_late=late.inc),
+    }
+
+
+def build_jobs(settings: Settings, metrics: Metrics) -> list[Job]:
+    catalog = job_catalog(settings, metrics)
+    unknown = [name for name in settings.jobs if name not in catalog]
+    if unknown or not settings.jobs:
+        raise ConfigError(
+            f"invalid setting SLUICE_JOBS: unknown job(s) {', '.join(unknown) or '(none given)'}"
+            f" (known: {', '.join(catalog)})"
+        )
+    return [catalog[name]() for name in settings.jobs]
+
+
+@dataclass
+class App:
+    settings: Settings
+    metrics: Metrics
+    engine: Engine
+
+
+def create_app(settings: Settings, metrics: Metrics | None = None) -> App:
+    """Build the worker: metrics, jobs, engine. Starts nothing."""
+    metrics = metrics if metrics is not None else Metrics()
+    return App(settings, metrics, Engine(settings, build_jobs(settings, metrics), metrics))

@@ -1,0 +1,493 @@
+"""The processing loop: fetch, run jobs, make effects durable, then commit.
+
+One consumer in group ``SLUICE_APP_ID`` reads every job's input topic (stage 1) and
+repartition topic (stage 2). For each fetched batch:
+
+1. stage 1 splits input records into repartition records (micro-batched: one record per
+   source partition and target partition) and dead letters;
+   stage 2 folds repartition records into table partitions through the offset guard and
+   collects outputs;
+2. **phase A**: repartition records, dead letters and outputs are sent and acknowledged
+   (``acks=all``);
+3. **phase B**: the changed rows are sent to the changelog and acknowledged; only then are
+   they written to local RocksDB;
+4. the batch's offsets become committable; they are committed every
+   ``SLUICE_COMMIT_INTERVAL_MS``, on rebalance and on shutdown.
+
+Outputs are acknowledged before the changelog so that a row the changelog has (and the guard
+will therefore skip on replay) never lacks its outputs (G1). Nothing is committed whose
+effects are not acknowledged, and an exception in job code dead-letters the event instead of
+silently acknowledging it (faust-streaming #315, #527). Batches are processed one at a time
+under a lock that rebalance callbacks also take, so a commit never passes an in-flight event
+(faust-streaming #606) and a revoked partition's last batch is durable and committed before
+its next owner starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from service.effects import Sender
+from service.job import BadRecord, Job, Outputs, Processor
+from service.kafka.client_config import client_kwargs
+from service.kafka.murmur2 import partition_for_key
+from service.metrics import Metrics
+from service.restore import restore
+from service.settings import Settings
+from service.topics import DEAD_LETTER_TOPIC, ensure_topics, worker_topics
+from tables.positions import Origin
+from tables.store import PartitionStore, claim_data_dir
+from tables.table import META_PREFIX, TablePartition
+
+log = logging.getLogger(__name__)
+
+MAX_REPARTITION_RECORD = 256 * 1024
+"""Split a micro-batched repartition record beyond this many bytes (broker limit is 1 MiB)."""
+SOURCE_OFFSET_KEY = META_PREFIX + "source-offset"
+
+
+@dataclass
+class JobPartition:
+    """Stage 2 of one job on one repartition partition: its tables and processor."""
+
+    job: Job
+    partition: int
+    tables: dict[str, TablePartition]
+    processor: Processor | None = None
+    outputs: Outputs = field(default_factory=Outputs)
+
+    def close(self) -> None:
+        for table in self.tables.values():
+            table.store.close()
+
+
+@dataclass(frozen=True)
+class Route:
+    job: Job
+    stage: int  # 1: input topic, 2: repartition topic
+
+
+class Engine:
+    """Runs the jobs; see the module docstring for the order of effects and commits."""
+
+    def __init__(self, settings: Settings, jobs: Sequence[Job], metrics: Metrics) -> None:
+        self.settings = settings
+        self.jobs = list(jobs)
+        self.metrics = metrics
+        self.state = "starting"
+        self.fatal: BaseException | None = None
+        self.loop_heartbeat = time.monotonic()
+        self.routes: dict[str, Route] = {}
+        for job in self.jobs:
+            self.routes[job.input_topic] = Route(job, 1)
+            self.routes[job.repartition_topic(settings.app_id)] = Route(job, 2)
+        self.parts: dict[tuple[str, int], JobPartition] = {}
+        self.processed: dict[TopicPartition, int] = {}
+        """Next offset per partition whose effects are durable."""
+        self.committed: dict[TopicPartition, int] = {}
+        self._lag_base: dict[TopicPartition, int] = {}
+        """Committed offset of assigned partitions nothing was processed from yet (for lag)."""
+        self.generation = 0
+        self.assigned_count = 0
+        self._lock = asyncio.Lock()
+        self._last_commit = time.monotonic()
+        self._partition_counts: dict[str, int] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._stopping = asyncio.Event()
+        self._route_key = lru_cache(maxsize=1 << 16)(self._route_key_uncached)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        claim_data_dir(self.settings.data_dir, self.settings.app_id)
+        self._partition_counts = await ensure_topics(
+            self.settings, worker_topics(self.settings, self.jobs)
+        )
+        client = f"{self.settings.app_id}-{socket.gethostname()}-{os.getpid()}"
+        kwargs = client_kwargs(self.settings, client_id=client)
+        self._producer = AIOKafkaProducer(
+            **kwargs,
+            acks="all",
+            enable_idempotence=True,
+            max_batch_size=512 * 1024,
+            linger_ms=2,
+        )
+        self._consumer = AIOKafkaConsumer(
+            **kwargs,
+            group_id=self.settings.app_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_poll_interval_ms=300_000,
+        )
+        await self._producer.start()
+        await self._consumer.start()
+        self._consumer.subscribe(topics=list(self.routes), listener=_Listener(self))
+        self.state = "joining"
+        log.info("worker started", extra={"jobs": [j.name for j in self.jobs], "client": client})
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Process until :meth:`request_stop`; then drain, commit and leave the group."""
+        consumer = self._consumer
+        assert consumer is not None
+        lag_task = asyncio.create_task(self._lag_loop(), name="sluice-lag")
+        stop_wait = asyncio.create_task(self._stopping.wait())
+        try:
+            while not self._stopping.is_set():
+                self._raise_fatal()
+                self.loop_heartbeat = time.monotonic()
+                generation = self.generation
+                fetch = asyncio.ensure_future(
+                    consumer.getmany(timeout_ms=500, max_records=self.settings.max_batch)
+                )
+                await asyncio.wait({fetch, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                if not fetch.done():
+                    fetch.cancel()
+                    break
+                fetched = fetch.result()
+                async with self._lock:
+                    self._raise_fatal()
+                    if fetched and generation == self.generation:
+                        await self._process(fetched)
+                    if time.monotonic() - self._last_commit >= self.settings.commit_interval_ms / 1000:
+                        await self._commit()
+            self._raise_fatal()
+            async with self._lock:
+                await self._commit()
+        finally:
+            stop_wait.cancel()
+            lag_task.cancel()
+
+    async def close(self) -> None:
+        """Leave the group and release clients and stores (after :meth:`run` or on failure)."""
+        self.state = "stopping"
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+        for part in self.parts.values():
+            part.close()
+        self.parts.clear()
+
+    def _raise_fatal(self) -> None:
+        if self.fatal is not None:
+            raise self.fatal
+
+    # ------------------------------------------------------------------ processing
+
+    async def _process(self, fetched: dict[TopicPartition, list[Any]]) -> None:
+        started = time.monotonic()
+        sender = Sender(self._producer)
+        touched: list[JobPartition] = []
+        next_offsets: dict[TopicPartition, int] = {}
+        for tp, records in fetched.items():
+            if not records:
+                continue
+            route = self.routes[tp.topic]
+            if route.stage == 1:
+                self._split(route.job, tp, records, sender)
+            else:
+                part = self.parts.get((route.job.name, tp.partition))
+                if part is None:  # revoked meanwhile; its next owner reads it
+                    continue
+                self._apply(part, tp, records, sender)
+                touched.append(part)
+            next_offsets[tp] = records[-1].offset + 1
+        for part in touched:
+            assert part.processor is not None
+            part.processor.end_batch(part.outputs)
+            self._send_outputs(part, sender)
+        processed = time.monotonic()
+        await sender.flush()  # phase A: outputs, repartition records, dead letters
+        changes = []
+        for part in touched:
+            for table in part.tables.values():
+                if table.duplicates_skipped:
+                    self.metrics.duplicates_skipped.labels(table.spec.name).inc(
+                        table.duplicates_skipped
+                    )
+                    table.duplicates_skipped = 0
+                records = list(table.changelog_records())
+                if records:
+                    topic = table.spec.changelog_topic(self.settings.app_id)
+                    for key, value in records:
+                        sender.add(topic, table.partition, key, value)
+                    changes.append((table, topic, records))
+        last = await sender.flush()  # phase B: changelog
+        for table, topic, records in changes:
+            table.persist(records, last[(topic, table.partition)])
+        self.processed.update(next_offsets)
+        for job in self.jobs:
+            self.metrics.processing.labels(job.name).observe(processed - started)
+
+    def _split(self, job: Job, tp: TopicPartition, records: list[Any], sender: Sender) -> None:
+        """Stage 1: decode, validate, route each update to the partition owning its key."""
+        limit = self.settings.max_record_bytes
+        per_target: dict[int, list[list[Any]]] = {}
+        for record in records:
+            value = record.value
+            if value is None:
+                self._dead_letter(job, record, "null_value", "", sender)
+                continue
+            if len(value) > limit:
+                self._dead_letter(job, record, "oversized", f"{len(value)} > {limit} bytes", sender)
+                continue
+            try:
+                updates = job.split(record.key, value)
+            except BadRecord as exc:
+                self._dead_letter(job, record, exc.reason, exc.detail, sender)
+                continue
+            except Exception as exc:  # a bug triggered by this record: keep it, say so
+                log.exception("job code failed on a record", extra=_where(job, record))
+                self._dead_letter(job, record, "job_error", repr(exc), sender)
+                continue
+            for index, (key, payload) in enumerate(updates):
+                entries = per_target.setdefault(self._route_key(key), [])
+                if entries and entries[-1][0] == record.offset:
+                    entries[-1][2].append([key, payload, index])
+                else:
+                    entries.append([record.offset, record.timestamp, [[key, payload, index]]])
+        topic = job.repartition_topic(self.settings.app_id)
+        for target, entries in per_target.items():
+            for chunk in _chunks(tp, entries):
+                sender.add(topic, target, None, chunk)
+        self.metrics.events_processed.labels(job.name, tp.topic, str(tp.partition)).inc(
+            len(records)
+        )
+
+    def _route_key_uncached(self, key: str) -> int:
+        return partition_for_key(key.encode(), self.settings.topic_partitions)
+
+    def _apply(
+        self, part: JobPartition, tp: TopicPartition, records: list[Any], sender: Sender
+    ) -> None:
+        """Stage 2: fold each update into the job's tables; the guard drops repeats."""
+        processor = part.processor
+        assert processor is not None
+        out = part.outputs
+        now_ms = time.time() * 1000
+        latency = self.metrics.event_latency.labels(part.job.name)
+        for record in records:
+            doc = orjson.loads(record.value)
+            source = f"{doc['t']}:{doc['p']}"
+            entries = doc["e"]
+            for offset, ts, updates in entries:
+                for key, payload, index in updates:
+                    origin = Origin(source, offset, index, ts)
+                    try:
+                        processor.apply(key, payload, origin, out)
+                    except Exception as exc:
+                        log.exception("job code failed on an update", extra={"job": part.job.name})
+                        self._dead_letter_update(part.job, origin, key, payload, repr(exc), sender)
+            latency.observe(max(0.0, (now_ms - entries[0][1]) / 1000))
+        first = next(iter(part.tables.values()))
+        first.put(f"{SOURCE_OFFSET_KEY}:{tp.topic}:{tp.partition}", records[-1].offset + 1)
+
+    def _send_outputs(self, part: JobPartition, sender: Sender) -> None:
+        topic = part.job.output_topic
+        n = self._partition_counts[topic]
+        for key, value, origin in part.outputs.records.values():
+            kb = key.encode()
+            source_topic, _, source_partition = origin.source.rpartition(":")
+            headers = [
+                ("sluice.source.topic", source_topic.encode()),
+                ("sluice.source.partition", source_partition.encode()),
+                ("sluice.source.offset", str(origin.offset).encode()),
+            ]
+            sender.add(topic, partition_for_key(kb, n), kb, orjson.dumps(value), headers)
+        part.outputs.records.clear()
+
+    def _dead_letter(self, job: Job, record: Any, reason: str, detail: str, sender: Sender) -> None:
+        headers = [
+            ("sluice.reason", reason.encode()),
+            ("sluice.detail", detail[:500].encode()),
+            ("sluice.job", job.name.encode()),
+            ("sluice.source.topic", record.topic.encode()),
+            ("sluice.source.partition", str(record.partition).encode()),
+            ("sluice.source.offset", str(record.offset).encode()),
+        ]
+        n = self._partition_counts[DEAD_LETTER_TOPIC]
+        sender.add(DEAD_LETTER_TOPIC, record.partition % n, record.key, record.value, headers)
+        self.metrics.dead_letters.labels(job.name, reason).inc()
+
+    def _dead_letter_update(
+        self, job: Job, origin: Origin, key: str, payload: Any, detail: str, sender: Sender
+    ) -> None:
+        topic, _, partition = origin.source.rpartition(":")
+        headers = [
+            ("sluice.reason", b"job_error"),
+            ("sluice.detail", detail[:500].encode()),
+            ("sluice.job", job.name.encode()),
+            ("sluice.source.topic", topic.encode()),
+            ("sluice.source.partition", partition.encode()),
+            ("sluice.source.offset", str(origin.offset).encode()),
+        ]
+        n = self._partition_counts[DEAD_LETTER_TOPIC]
+        sender.add(DEAD_LETTER_TOPIC, int(partition) % n, key.encode(), orjson.dumps(payload), headers)
+        self.metrics.dead_letters.labels(job.name, "job_error").inc()
+
+    # ------------------------------------------------------------------ commits
+
+    async def _commit(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        assigned = consumer.assignment()
+        offsets = {
+            tp: offset
+            for tp, offset in self.processed.items()
+            if tp in assigned and self.committed.get(tp) != offset
+        }
+        self._last_commit = time.monotonic()
+        if not offsets:
+            return
+        started = time.monotonic()
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # A rebalance is under way: the revocation callback commits, or the next owner
+            # replays from the last commit and the guard drops what was already applied.
+            log.warning("commit skipped during rebalance", extra={"error": str(exc)})
+            return
+        self.committed.update(offsets)
+        self.metrics.commits.inc()
+        self.metrics.commit_seconds.observe(time.monotonic() - started)
+        for tp, offset in offsets.items():
+            self.metrics.committed_offset.labels(tp.topic, str(tp.partition)).set(offset)
+
+    # ------------------------------------------------------------------ rebalances
+
+    async def on_revoked(self, revoked: list[TopicPartition]) -> None:
+        async with self._lock:
+            self.state = "rebalancing"
+            self.generation += 1
+            try:
+                await self._commit()
+            except KafkaError as exc:
+                log.warning("commit on revocation failed", extra={"error": str(exc)})
+
+    async def on_assigned(self, assigned: list[TopicPartition]) -> None:
+        async with self._lock:
+            self.generation += 1
+            self.metrics.rebalances.inc()
+            self.metrics.assigned_partitions.set(len(assigned))
+            self.assigned_count = len(assigned)
+            try:
+                await self._take_assignment(set(assigned))
+            except Exception as exc:  # surfaces in run(); the worker stops without committing
+                log.error("cannot take assignment", extra={"error": str(exc)})
+                self.fatal = exc
+                self._stopping.set()
+                return
+            self.state = "running"
+            log.info(
+                "partitions assigned",
+                extra={"partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)},
+            )
+
+    async def _take_assignment(self, assigned: set[TopicPartition]) -> None:
+        for tp in list(self.processed):
+            if tp not in assigned:
+                del self.processed[tp]
+                self.committed.pop(tp, None)
+        self._lag_base.clear()
+        wanted = {
+            (self.routes[tp.topic].job.name, tp.partition): self.routes[tp.topic].job
+            for tp in assigned
+            if self.routes[tp.topic].stage == 2
+        }
+        for key in list(self.parts):
+            if key not in wanted:
+                self.parts.pop(key).close()
+        for (name, partition), job in wanted.items():
+            if (name, partition) not in self.parts:
+                tables = {
+                    spec.name: TablePartition(spec, partition, self._open_store(spec.name, partition))
+                    for spec in job.tables
+                }
+                self.parts[(name, partition)] = JobPartition(job, partition, tables)
+        # Catch up with the changelog every time, also for partitions kept across the
+        # rebalance: another worker may have owned them in between.
+        self.state = "restoring"
+        every_table = [t for part in self.parts.values() for t in part.tables.values()]
+        await restore(self.settings, self.metrics, every_table)
+        for part in self.parts.values():
+            part.processor = part.job.processor(part.tables)
+        for name, child in self._table_sizes().items():
+            self.metrics.table_keys.labels(name).set(child)
+
+    def _open_store(self, table: str, partition: int) -> PartitionStore:
+        return PartitionStore(self.settings.data_dir / "tables" / table / str(partition))
+
+    def _table_sizes(self) -> dict[str, int]:
+        sizes: dict[str, int] = {}
+        for part in self.parts.values():
+            for name, table in part.tables.items():
+                sizes[name] = sizes.get(name, 0) + table.store.approximate_keys()
+        return sizes
+
+    # ------------------------------------------------------------------ lag
+
+    async def _lag_loop(self) -> None:
+        """Refresh lag every 2.5 s from the brokers, also for partitions where nothing flows."""
+        consumer = self._consumer
+        assert consumer is not None
+        while True:
+            await asyncio.sleep(2.5)
+            assigned = list(consumer.assignment())
+            if not assigned:
+                continue
+            try:
+                ends = await consumer.end_offsets(assigned)
+                for tp in assigned:
+                    if tp not in self.processed and tp not in self._lag_base:
+                        self._lag_base[tp] = await consumer.committed(tp) or 0
+            except KafkaError as exc:
+                log.warning("lag refresh failed", extra={"error": str(exc)})
+                continue
+            for tp, end in ends.items():
+                labels = (tp.topic, str(tp.partition))
+                self.metrics.log_end_offset.labels(*labels).set(end)
+                position = self.processed.get(tp, self._lag_base.get(tp, 0))
+                self.metrics.consumer_lag.labels(*labels).set(max(0, end - position))
+            for name, size in self._table_sizes().items():
+                self.metrics.table_keys.labels(name).set(size)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.engine.on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self.engine.on_assigned(assigned)
+
+
+def _chunks(tp: TopicPartition, entries: list[list[Any]]) -> list[bytes]:
+    """Encode a source partition's updates for one target, split below the record limit."""
+    value = orjson.dumps({"t": tp.topic, "p": tp.partition, "e": entries})
+    if len(value) <= MAX_REPARTITION_RECORD or len(entries) == 1:
+        return [value]
+    half = len(entries) // 2
+    return _chunks(tp, entries[:half]) + _chunks(tp, entries[half:])
+
+
+def _where(job: Job, record: Any) -> dict[str, Any]:
+    return {"job": job.name, "topic": record.topic, "partition": record.partition, "offset": record.offset}

@@ -1,0 +1,92 @@
+"""The topics a worker needs, created at start when missing.
+
+Internal topics (repartition, changelog) must have exactly ``SLUICE_TOPIC_PARTITIONS``
+partitions: table partition *q* is fed by repartition partition *q* and backed by changelog
+partition *q*. A mismatch is refused at start, because routing keys with a different count
+would silently split a key's state across two partitions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from service.errors import OperationError, StateError
+from service.job import Job
+from service.kafka.client_config import client_kwargs
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEAD_LETTER_TOPIC = "dead-letters"
+_TOPIC_ALREADY_EXISTS = 36
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    internal: bool
+    """Internal topics must have exactly ``partitions``; others just need to exist."""
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def worker_topics(settings: Settings, jobs: Sequence[Job]) -> list[TopicSpec]:
+    n = settings.topic_partitions
+    specs = [TopicSpec(DEAD_LETTER_TOPIC, n, internal=False)]
+    for job in jobs:
+        specs.append(TopicSpec(job.input_topic, n, internal=False))
+        specs.append(TopicSpec(job.output_topic, n, internal=False))
+        specs.append(TopicSpec(job.repartition_topic(settings.app_id), n, internal=True))
+        for table in job.tables:
+            specs.append(
+                TopicSpec(
+                    table.changelog_topic(settings.app_id),
+                    n,
+                    internal=True,
+                    config={"cleanup.policy": "compact"},
+                )
+            )
+    return specs
+
+
+async def ensure_topics(settings: Settings, specs: Sequence[TopicSpec]) -> dict[str, int]:
+    """Create missing topics; return every topic's partition count."""
+    admin = AIOKafkaAdminClient(**client_kwargs(settings, client_id=f"{settings.app_id}-admin"))
+    await admin.start()
+    try:
+        counts = await _partition_counts(admin, [s.name for s in specs])
+        missing = [s for s in specs if s.name not in counts]
+        if missing:
+            new = [
+                NewTopic(s.name, s.partitions, settings.replication_factor, topic_configs=s.config)
+                for s in missing
+            ]
+            response = await admin.create_topics(new)
+            for name, code, *rest in response.topic_errors:
+                if code not in (0, _TOPIC_ALREADY_EXISTS):
+                    message = rest[0] if rest else ""
+                    raise OperationError(f"cannot create topic {name}: error {code} {message}")
+            log.info("created topics", extra={"topics": [s.name for s in missing]})
+            # Metadata of a topic created a moment ago may still be partial: trust the request.
+            counts.update({s.name: s.partitions for s in missing})
+    finally:
+        await admin.close()
+    for spec in specs:
+        if spec.internal and counts.get(spec.name) != spec.partitions:
+            raise StateError(
+                f"topic {spec.name} has {counts.get(spec.name)} partitions but "
+                f"SLUICE_TOPIC_PARTITIONS={spec.partitions}: internal topics must match it"
+            )
+    return counts
+
+
+async def _partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for topic in await admin.describe_topics(names):
+        if topic["error_code"] == 0 and topic["partitions"]:
+            counts[topic["topic"]] = len(topic["partitions"])
+    return counts

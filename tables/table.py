@@ -1,0 +1,109 @@
+"""Offset-guarded tables: the one place where state changes, so every job gets the guard.
+
+A job never writes a row directly: it calls :meth:`TablePartition.update` with the update's
+origin and a pure function of the current value. The partition
+
+1. refuses the update when the row already applied that origin (a redelivered or replayed
+   event; counted as a skipped duplicate),
+2. otherwise computes the new value and records the origin in the row's positions,
+3. keeps the changed row in memory (``pending``) until the engine has sent it to the changelog
+   and the broker acknowledged it; only then it reaches local RocksDB (:meth:`persist`).
+
+Step 3 is how the trap in G3 is closed: local RocksDB never holds an update the changelog
+lacks, so after a crash the next owner, rebuilding from the changelog alone, has every update
+the old owner's disk has, and a replayed event finds the same row on both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from tables.codec import Row, decode_row, encode_row
+from tables.positions import Origin, is_new
+from tables.store import PartitionStore
+
+META_PREFIX = "\x00"
+"""Keys starting with NUL are the table's own bookkeeping (stream time, source offsets)."""
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A table's identity: its name, the shape of its values, and its changelog topic."""
+
+    name: str
+    schema: str
+    """Tag of the value shape; bump it when a release changes the shape incompatibly."""
+    description: str = ""
+
+    def changelog_topic(self, app_id: str) -> str:
+        return f"{app_id}-{self.name}-changelog"
+
+
+class TablePartition:
+    """One partition of a table on this worker: reads, guarded updates, pending changes."""
+
+    def __init__(self, spec: TableSpec, partition: int, store: PartitionStore) -> None:
+        self.spec = spec
+        self.partition = partition
+        self.store = store
+        self.pending: dict[str, Row | None] = {}
+        """Rows changed since the last persist, in change order; ``None`` is a delete."""
+        self.duplicates_skipped = 0
+
+    def row(self, key: str) -> Row | None:
+        if key in self.pending:
+            return self.pending[key]
+        raw = self.store.get(key.encode())
+        return decode_row(raw)[1] if raw is not None else None
+
+    def get(self, key: str) -> Any:
+        row = self.row(key)
+        return row.value if row is not None else None
+
+    def update(self, key: str, origin: Origin, fn: Callable[[Any], Any]) -> Any:
+        """Apply ``fn`` to the row unless it already applied ``origin``; return the new value.
+
+        Returns ``None`` when the update was a duplicate. ``fn`` receives ``None`` for a new row.
+        """
+        row = self.row(key)
+        if row is None:
+            positions = {}
+            current = None
+        else:
+            if not is_new(row.positions, origin):
+                self.duplicates_skipped += 1
+                return None
+            positions = dict(row.positions)
+            current = row.value
+        value = fn(current)
+        positions[origin.source] = origin.position
+        self.pending[key] = Row(value, positions)
+        return value
+
+    def put(self, key: str, value: Any) -> None:
+        """Set a bookkeeping row (stream time, offsets) that is not guarded by origin."""
+        row = self.row(key)
+        self.pending.pop(key, None)  # re-inserted last: changelog order follows call order
+        self.pending[key] = Row(value, row.positions if row is not None else {})
+
+    def delete(self, key: str) -> None:
+        self.pending.pop(key, None)  # re-inserted last, after anything the job put before it
+        self.pending[key] = None
+
+    def changelog_records(self) -> Iterator[tuple[bytes, bytes | None]]:
+        """The pending changes as changelog (key, value) pairs, in change order."""
+        schema = self.spec.schema
+        for key, row in self.pending.items():
+            yield key.encode(), (encode_row(row, schema) if row is not None else None)
+
+    def persist(self, records: list[tuple[bytes, bytes | None]], changelog_offset: int) -> None:
+        """The changelog acknowledged ``records`` up to ``changelog_offset``: make them local."""
+        self.store.write(records, changelog_offset, self.spec.schema)
+        self.pending.clear()
+
+    def rows(self) -> Iterator[tuple[str, Row]]:
+        """Every persisted row (pending changes excluded), bookkeeping rows included."""
+        for key, raw in self.store.items():
+            yield key.decode(), decode_row(raw)[1]

@@ -1,0 +1,5 @@
+"""The wordcount table: word -> running count."""
+
+from tables.table import TableSpec
+
+WORDCOUNT = TableSpec(name="wordcount", schema="count.v1", description="word -> running count")
