@@ -29,10 +29,14 @@ def main() -> None:
 def _register() -> None:
     # Imported here, not at module top, so `sluice --help` stays fast and nothing heavy
     # (aiokafka, rocksdict) is imported before a sub-command actually needs it.
+    from service.cli.consume import consume
     from service.cli.dev import dev
+    from service.cli.groups import groups
+    from service.cli.produce import produce
+    from service.cli.topics import topics
     from service.cli.worker import worker
 
-    for command in (worker, dev):
+    for command in (worker, dev, topics, produce, consume, groups):
         main.add_command(command)
 
 
