@@ -147,11 +147,16 @@ def _last_origin(positions: dict[str, tuple[int, int]]) -> Origin:
     return Origin(source, offset, index, 0)
 
 
-def build(grace_ms: int, on_late: Any = lambda: None) -> Job:
+def build(
+    grace_ms: int,
+    on_late: Any = lambda: None,
+    input_topic: str = INPUT_TOPIC,
+    output_topic: str = OUTPUT_TOPIC,
+) -> Job:
     return Job(
         name="rollup",
-        input_topic=INPUT_TOPIC,
-        output_topic=OUTPUT_TOPIC,
+        input_topic=input_topic,
+        output_topic=output_topic,
         tables=(ROLLUP_TOTALS, ROLLUP_WINDOWS),
         split=split,
         processor=lambda tables: RollupProcessor(tables, grace_ms, on_late),

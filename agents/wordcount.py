@@ -58,11 +58,11 @@ class WordCountProcessor:
         return None
 
 
-def build() -> Job:
+def build(input_topic: str = INPUT_TOPIC, output_topic: str = OUTPUT_TOPIC) -> Job:
     return Job(
         name="wordcount",
-        input_topic=INPUT_TOPIC,
-        output_topic=OUTPUT_TOPIC,
+        input_topic=input_topic,
+        output_topic=output_topic,
         tables=(WORDCOUNT,),
         split=split,
         processor=WordCountProcessor,

@@ -17,8 +17,15 @@ def job_catalog(settings: Settings, metrics: Metrics) -> dict[str, Callable[[], 
     """Every job this release ships, by name, built lazily from settings."""
     late = metrics.late_events.labels("rollup")
     return {
-        "wordcount": wordcount.build,
-        "rollup": lambda: rollup.build(settings.window_grace_ms, on_late=late.inc),
+        "wordcount": lambda: wordcount.build(
+            settings.wordcount_input_topic, settings.wordcount_output_topic
+        ),
+        "rollup": lambda: rollup.build(
+            settings.window_grace_ms,
+            on_late=late.inc,
+            input_topic=settings.rollup_input_topic,
+            output_topic=settings.rollup_output_topic,
+        ),
     }
 
 

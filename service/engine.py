@@ -46,7 +46,7 @@ from service.kafka.murmur2 import partition_for_key
 from service.metrics import Metrics
 from service.restore import restore
 from service.settings import Settings
-from service.topics import DEAD_LETTER_TOPIC, ensure_topics, worker_topics
+from service.topics import ensure_topics, worker_topics
 from tables.positions import Origin
 from tables.store import PartitionStore, claim_data_dir
 from tables.table import META_PREFIX, TablePartition
@@ -132,6 +132,9 @@ class Engine:
             auto_offset_reset="earliest",
             isolation_level="read_committed",
             max_poll_interval_ms=300_000,
+            session_timeout_ms=self.settings.session_timeout_ms,
+            heartbeat_interval_ms=max(100, self.settings.session_timeout_ms // 3),
+            group_instance_id=self.settings.instance_id,
         )
         await self._producer.start()
         await self._consumer.start()
@@ -322,8 +325,8 @@ class Engine:
             ("sluice.source.partition", str(record.partition).encode()),
             ("sluice.source.offset", str(record.offset).encode()),
         ]
-        n = self._partition_counts[DEAD_LETTER_TOPIC]
-        sender.add(DEAD_LETTER_TOPIC, record.partition % n, record.key, record.value, headers)
+        topic = self.settings.dead_letter_topic
+        sender.add(topic, record.partition % self._partition_counts[topic], record.key, record.value, headers)
         self.metrics.dead_letters.labels(job.name, reason).inc()
 
     def _dead_letter_update(
@@ -338,8 +341,9 @@ class Engine:
             ("sluice.source.partition", partition.encode()),
             ("sluice.source.offset", str(origin.offset).encode()),
         ]
-        n = self._partition_counts[DEAD_LETTER_TOPIC]
-        sender.add(DEAD_LETTER_TOPIC, int(partition) % n, key.encode(), orjson.dumps(payload), headers)
+        dead = self.settings.dead_letter_topic
+        n = self._partition_counts[dead]
+        sender.add(dead, int(partition) % n, key.encode(), orjson.dumps(payload), headers)
         self.metrics.dead_letters.labels(job.name, "job_error").inc()
 
     # ------------------------------------------------------------------ commits

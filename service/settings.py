@@ -80,11 +80,24 @@ class Settings(BaseSettings):
     jobs: Annotated[tuple[str, ...], NoDecode] = Field(
         default=("wordcount", "rollup"), description="Comma-separated jobs the worker runs."
     )
+    wordcount_input_topic: str = Field(default="lines", description="wordcount: topic of text lines.")
+    wordcount_output_topic: str = Field(default="word-counts", description="wordcount: count updates.")
+    rollup_input_topic: str = Field(default="events", description="rollup: topic of JSON events.")
+    rollup_output_topic: str = Field(default="rollups", description="rollup: closed windows.")
+    dead_letter_topic: str = Field(default="dead-letters", description="Where bad input goes.")
     topic_partitions: int = Field(
         default=4, ge=1, le=10_000, description="Partitions of topics the worker creates."
     )
     replication_factor: int = Field(
         default=1, ge=1, le=32, description="Replication factor of topics the worker creates."
+    )
+    session_timeout_ms: int = Field(
+        default=10_000, ge=1000, le=3_600_000, description="Group session timeout (failure detection)."
+    )
+    instance_id: str | None = Field(
+        default=None,
+        description="Static group membership id (e.g. the pod name): a restart within the session "
+        "timeout keeps its partitions without a rebalance.",
     )
     commit_interval_ms: int = Field(
         default=200, ge=1, le=600_000, description="How often durable offsets are committed."

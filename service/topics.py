@@ -21,7 +21,6 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DEAD_LETTER_TOPIC = "dead-letters"
 _TOPIC_ALREADY_EXISTS = 36
 
 
@@ -36,7 +35,7 @@ class TopicSpec:
 
 def worker_topics(settings: Settings, jobs: Sequence[Job]) -> list[TopicSpec]:
     n = settings.topic_partitions
-    specs = [TopicSpec(DEAD_LETTER_TOPIC, n, internal=False)]
+    specs = [TopicSpec(settings.dead_letter_topic, n, internal=False)]
     for job in jobs:
         specs.append(TopicSpec(job.input_topic, n, internal=False))
         specs.append(TopicSpec(job.output_topic, n, internal=False))
@@ -85,8 +84,14 @@ async def ensure_topics(settings: Settings, specs: Sequence[TopicSpec]) -> dict[
 
 
 async def _partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
+    # Describe only topics that exist: a metadata request naming a missing topic makes a broker
+    # with auto.create.topics.enable (the default) create it with num.partitions partitions.
+    existing = set(await admin.list_topics())
+    wanted = [name for name in names if name in existing]
     counts: dict[str, int] = {}
-    for topic in await admin.describe_topics(names):
+    if not wanted:
+        return counts
+    for topic in await admin.describe_topics(wanted):
         if topic["error_code"] == 0 and topic["partitions"]:
             counts[topic["topic"]] = len(topic["partitions"])
     return counts

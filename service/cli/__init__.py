@@ -33,10 +33,11 @@ def _register() -> None:
     from service.cli.dev import dev
     from service.cli.groups import groups
     from service.cli.produce import produce
+    from service.cli.tables import tables
     from service.cli.topics import topics
     from service.cli.worker import worker
 
-    for command in (worker, dev, topics, produce, consume, groups):
+    for command in (worker, dev, topics, produce, consume, groups, tables):
         main.add_command(command)
 
 

@@ -1,0 +1,201 @@
+"""Test harness for real workers: start them as processes, kill them, and read the truth.
+
+Workers run as ``sluice worker`` subprocesses with their own ``SLUICE_*`` environment, so a
+test kills exactly what an operator would (``kill -9``, SIGTERM). State is read two ways,
+independently of the worker: from the changelog (what a fresh worker would recover) and from
+a stopped worker's RocksDB (what a restarted one would start from).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from service.changelog import read_table
+from service.settings import load_settings
+from tables.codec import decode_row
+from tables.store import PartitionStore
+from tables.table import META_PREFIX
+from tests.kafka_fixtures import free_port
+
+SLUICE = str(Path(sys.executable).with_name("sluice"))
+
+
+class WorkerProcess:
+    """One ``sluice worker`` subprocess."""
+
+    def __init__(self, bootstrap: str, data_dir: Path, app_id: str, log_path: Path, **env: str) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.log_path = log_path
+        self.env = {
+            **os.environ,
+            "SLUICE_BROKERS": bootstrap,
+            "SLUICE_APP_ID": app_id,
+            "SLUICE_DATA_DIR": str(data_dir),
+            "SLUICE_WEB_PORT": str(self.port),
+            "SLUICE_WEB_HOST": "127.0.0.1",
+            "SLUICE_COMMIT_INTERVAL_MS": "100",
+            **env,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen([SLUICE, "worker"], env=self.env, stdout=log, stderr=log)
+        return self
+
+    def get(self, path: str) -> tuple[int, Any]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as resp:
+                body = resp.read()
+                return resp.status, (json.loads(body) if path != "/metrics" else body.decode())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited {self.proc.returncode}:\n{self.tail()}")
+            try:
+                status, _ = self.get("/readyz")
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"worker not ready after {timeout}s:\n{self.tail()}")
+
+    def kill(self, sig: int = signal.SIGKILL, timeout: float = 40) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def wait(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+async def produce(
+    bootstrap: str, topic: str, values: Iterable[bytes], partitions: int | None = None
+) -> None:
+    """Send ``values`` unkeyed, spread over ``partitions`` in rotation, acks=all."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        if partitions:  # metadata of a topic created a moment ago can still be partial
+            for _ in range(100):
+                if len(await producer.partitions_for(topic)) >= partitions:
+                    break
+                await producer.client.force_metadata_update()
+                await asyncio.sleep(0.1)
+        futures = []
+        for i, value in enumerate(values):
+            partition = i % partitions if partitions else None
+            futures.append(await producer.send(topic, value, partition=partition))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def group_lag(bootstrap: str, group: str, topics: list[str]) -> int:
+    """Total of log-end minus committed over every partition of ``topics`` (missing = whole log)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+        meta = await admin.describe_topics(topics)
+    finally:
+        await admin.close()
+    tps = [TopicPartition(t["topic"], p["partition"]) for t in meta for p in t["partitions"]]
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+    lag = 0
+    for tp in tps:
+        done = committed.get(tp)
+        lag += ends[tp] - (done.offset if done is not None and done.offset >= 0 else 0)
+    return lag
+
+
+def wait_caught_up(bootstrap: str, group: str, topics: list[str], timeout: float = 120) -> None:
+    """Wait until the group has committed everything in ``topics`` (stage 1 and stage 2)."""
+    deadline = time.monotonic() + timeout
+    lag = -1
+    while time.monotonic() < deadline:
+        lag = asyncio.run(group_lag(bootstrap, group, topics))
+        if lag == 0:
+            # The repartition topics may still receive stage-1 output committed a moment ago.
+            time.sleep(0.5)
+            if asyncio.run(group_lag(bootstrap, group, topics)) == 0:
+                return
+        time.sleep(0.3)
+    raise AssertionError(f"group {group} still lags by {lag} after {timeout}s")
+
+
+def changelog_table(bootstrap: str, app_id: str, table: str) -> dict[str, Any]:
+    settings = load_settings(brokers=bootstrap, app_id=app_id)
+    return {e.key: e.value for e in asyncio.run(read_table(settings, table))}
+
+
+def local_table(data_dir: Path, table: str) -> dict[str, Any]:
+    """Rows in a stopped worker's RocksDB, every partition of ``table``."""
+    rows: dict[str, Any] = {}
+    base = data_dir / "tables" / table
+    if not base.exists():
+        return rows
+    for part in sorted(base.iterdir()):
+        store = PartitionStore(part)
+        try:
+            for key, raw in store.items():
+                name = key.decode()
+                if not name.startswith(META_PREFIX):
+                    rows[name] = decode_row(raw)[1].value
+        finally:
+            store.close()
+    return rows
+
+
+def diff(expected: dict[str, Any], actual: dict[str, Any], limit: int = 10) -> str:
+    keys = sorted(set(expected) | set(actual))
+    bad = [(k, expected.get(k), actual.get(k)) for k in keys if expected.get(k) != actual.get(k)]
+    return f"{len(bad)} keys differ, e.g. {bad[:limit]}"
+
+
+def remove(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
