@@ -1,0 +1,114 @@
+"""``sluice dev``: a real local Kafka for development, and the jars it runs from.
+
+``sluice dev broker`` is a foreground process on purpose: scripts and tests start it, read the
+one ``ready <bootstrap-servers>`` line from stdout, and stop it with SIGTERM; everything else it
+says goes to stderr so that stdout stays machine-readable.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+import click
+
+from service.cli.common import SluiceGroup
+from service.devbroker.version import DEFAULT_KAFKA_VERSION, VERSION_ENV
+from service.errors import OperationError
+
+if TYPE_CHECKING:
+    from service.devbroker.cluster import LocalCluster
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+_VERSION_HELP = f"Kafka release to run, 3.9.x or 4.x [default: ${VERSION_ENV} or {DEFAULT_KAFKA_VERSION}]."
+
+
+class _StopRequested(BaseException):
+    """Raised from the SIGINT/SIGTERM handler to unwind start-up or the wait loop."""
+
+
+@click.group(cls=SluiceGroup)
+def dev() -> None:
+    """Local development: a real Kafka broker (KRaft) from Maven Central jars."""
+
+
+@dev.command()
+@click.option("--kafka-version", metavar="V", help=_VERSION_HELP)
+def jars(kafka_version: str | None) -> None:
+    """Fetch the Kafka jars (once, with mvn); print their lib dir."""
+    from service.devbroker.jars import ensure_jars
+
+    lib = ensure_jars(kafka_version, progress=lambda line: click.echo(line, err=True))
+    click.echo(str(lib))
+
+
+@dev.command()
+@click.option(
+    "--port",
+    type=click.IntRange(1024, 65533),
+    default=9092,
+    show_default=True,
+    help="Client port of broker 1; brokers 2 and 3 use PORT+1 and PORT+2.",
+)
+@click.option(
+    "--brokers", type=click.Choice(["1", "3"]), default="1", show_default=True, help="Number of nodes."
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep data here across runs [default: a temporary dir, removed on exit].",
+)
+@click.option("--kafka-version", metavar="V", help=_VERSION_HELP)
+@click.option("--heap", default="512m", show_default=True, help="JVM -Xmx of each node.")
+def broker(port: int, brokers: str, data_dir: Path | None, kafka_version: str | None, heap: str) -> None:
+    """Run a local Kafka cluster in the foreground until SIGINT/SIGTERM.
+
+    Prints exactly one line to stdout, "ready <bootstrap-servers>", once every broker accepts
+    connections; logs go to DATA_DIR/node-<id>.log. On SIGINT/SIGTERM it stops every broker
+    and exits 0; it exits 1 if a broker dies, 2 if a port is in use.
+    """
+    from service.devbroker.cluster import LocalCluster
+
+    cluster = LocalCluster(
+        base_port=port, brokers=int(brokers), data_dir=data_dir, kafka_version=kafka_version, heap=heap
+    )
+    previous = {signum: signal.signal(signum, _raise_stop) for signum in _STOP_SIGNALS}
+    try:
+        cluster.start()
+        click.echo(f"ready {cluster.bootstrap_servers}")
+        sys.stdout.flush()
+        click.echo(
+            f"sluice dev broker: Kafka {cluster.version}, {brokers} node(s), logs in "
+            f"{cluster.data_dir}/node-<id>.log; Ctrl-C stops",
+            err=True,
+        )
+        _serve(cluster)
+    except _StopRequested:
+        pass
+    finally:
+        for signum in _STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop short
+        cluster.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    """SIGINT/SIGTERM handler: unwind start-up or the wait loop, wherever the main thread is."""
+    raise _StopRequested
+
+
+def _serve(cluster: LocalCluster) -> None:
+    """Sleep until a stop signal; fail (exit 1) if a broker JVM dies on its own meanwhile."""
+    while True:
+        time.sleep(0.5)
+        for node_id in cluster.node_ids:
+            if cluster.pid_of(node_id) is None:
+                raise OperationError(
+                    f"Kafka node {node_id} exited on its own; see {cluster.log_path(node_id)}"
+                )
