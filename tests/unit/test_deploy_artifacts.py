@@ -49,7 +49,10 @@ SETTING_NAMES = frozenset(ENV_PREFIX + name.upper() for name in Settings.model_f
 TARGET_LABELS = frozenset({"instance", "job", "le"})
 # Public images the local setup may pull; the tag must be explicit and not `latest`.
 PUBLIC_IMAGE_REPOS = frozenset({"apache/kafka", "prom/prometheus", "grafana/grafana", "python"})
-JOB_TOPICS = ("lines", "events", "word-counts", "rollups", "dead-letters")
+# Topics the jobs read and write: the product's names, plus any `*_topic` setting's default.
+JOB_TOPICS = frozenset({"lines", "events", "word-counts", "rollups", "dead-letters"}) | {
+    str(info.default) for name, info in Settings.model_fields.items() if name.endswith("_topic")
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -555,6 +558,8 @@ def test_compose_runs_two_workers_in_one_group_with_separate_state() -> None:
         assert grace > timeout, f"{name}: stop_grace_period must exceed {timeout}s"
         assert svc["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
     assert len(app_ids) == 1, "workers must share SLUICE_APP_ID to form one group"
+    instance_ids = [_env(svc).get("SLUICE_INSTANCE_ID") for svc in workers.values()]
+    assert len(set(instance_ids)) == len(instance_ids), "static member ids must differ"
     assert len(set(volumes)) == len(volumes), "each worker needs its own RocksDB volume"
     assert len(set(host_ports)) == len(host_ports)
 
@@ -569,8 +574,9 @@ def test_compose_kafka_and_topic_init() -> None:
     for svc in _sluice_services().values():
         assert set(_env(svc)["SLUICE_BROKERS"].split(",")) <= advertised
     init = " ".join(_command(services["kafka-init"]))
-    for topic in JOB_TOPICS:
-        assert topic in init, f"kafka-init does not create {topic}"
+    created = set(re.findall(r"for topic in ([^;]*);", init)[0].split())
+    assert created == JOB_TOPICS, "kafka-init must create exactly the jobs' topics"
+    assert "--partitions" in init and "--if-not-exists" in init
     assert services["kafka-init"]["depends_on"]["kafka"]["condition"] == "service_healthy"
     assert "healthcheck" in kafka
 
@@ -959,7 +965,19 @@ def test_config_and_secret_are_split_and_wired() -> None:
     assert not [k for k in _configmap_env() if "PASSWORD" in k], "secrets do not go in the ConfigMap"
     refs = [e["configMapRef"]["name"] for e in container["envFrom"] if "configMapRef" in e]
     assert refs == [config["metadata"]["name"]]
-    secret_refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    secret_refs = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in container["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
     ref = secret_refs["SLUICE_SASL_PASSWORD"]
+    field_refs = {
+        e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
+        for e in container["env"]
+        if "fieldRef" in e.get("valueFrom", {})
+    }
+    # Static membership id = the StatefulSet's stable pod name, never a shared constant.
+    assert field_refs.get("SLUICE_INSTANCE_ID") == "metadata.name"
+    assert "SLUICE_INSTANCE_ID" not in _configmap_env()
     assert ref["name"] == secret["metadata"]["name"]
     assert ref["key"] in _secret_env()
