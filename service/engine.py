@@ -99,7 +99,6 @@ class Engine:
         self.committed: dict[TopicPartition, int] = {}
         self._lag_base: dict[TopicPartition, int] = {}
         """Committed offset of assigned partitions nothing was processed from yet (for lag)."""
-        self.generation = 0
         self.assigned_count = 0
         self._lock = asyncio.Lock()
         self._last_commit = time.monotonic()
@@ -155,7 +154,6 @@ class Engine:
             while not self._stopping.is_set():
                 self._raise_fatal()
                 self.loop_heartbeat = time.monotonic()
-                generation = self.generation
                 fetch = asyncio.ensure_future(
                     consumer.getmany(timeout_ms=500, max_records=self.settings.max_batch)
                 )
@@ -166,7 +164,7 @@ class Engine:
                 fetched = fetch.result()
                 async with self._lock:
                     self._raise_fatal()
-                    if fetched and generation == self.generation:
+                    if fetched:
                         await self._process(fetched)
                     if time.monotonic() - self._last_commit >= self.settings.commit_interval_ms / 1000:
                         await self._commit()
@@ -199,8 +197,12 @@ class Engine:
         sender = Sender(self._producer)
         touched: list[JobPartition] = []
         next_offsets: dict[TopicPartition, int] = {}
+        assigned = self._consumer.assignment() if self._consumer is not None else set()
         for tp, records in fetched.items():
-            if not records:
+            # A rebalance may have run between the fetch and this batch. Records of a partition
+            # we lost are left to its new owner; records of one we kept are processed (the
+            # consumer may deliver them again from the committed offset: the guard drops them).
+            if not records or tp not in assigned:
                 continue
             route = self.routes[tp.topic]
             if route.stage == 1:
@@ -379,7 +381,6 @@ class Engine:
     async def on_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self._lock:
             self.state = "rebalancing"
-            self.generation += 1
             try:
                 await self._commit()
             except KafkaError as exc:
@@ -387,7 +388,6 @@ class Engine:
 
     async def on_assigned(self, assigned: list[TopicPartition]) -> None:
         async with self._lock:
-            self.generation += 1
             self.metrics.rebalances.inc()
             self.metrics.assigned_partitions.set(len(assigned))
             self.assigned_count = len(assigned)
