@@ -34,9 +34,11 @@ def _register() -> None:
     from service.cli.groups import groups
     from service.cli.produce import produce
     from service.cli.tables import tables
+    from service.cli.traffic import traffic
     from service.cli.topics import topics
     from service.cli.worker import worker
 
+    dev.add_command(traffic)
     for command in (worker, dev, topics, produce, consume, groups, tables):
         main.add_command(command)
 
