@@ -105,3 +105,24 @@ async def retry_retriable(
             if not exc.retriable or time.monotonic() >= deadline:
                 raise
         await asyncio.sleep(backoff_s)
+
+
+async def retry_unsent(
+    call: Callable[[], Awaitable[T]], *, timeout_s: float = 15.0, backoff_s: float = 0.25
+) -> T:
+    """``await call()``, repeated only while the target node was not ready to take it.
+
+    aiokafka raises NodeNotReadyError before writing anything, so the request provably never
+    left and repeating a non-idempotent one (CreateTopics) cannot apply it twice. A lost
+    connection *after* sending is not retried: the broker may have acted on it.
+    """
+    from aiokafka.errors import NodeNotReadyError
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return await call()
+        except NodeNotReadyError:
+            if time.monotonic() >= deadline:
+                raise
+        await asyncio.sleep(backoff_s)

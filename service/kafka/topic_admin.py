@@ -5,6 +5,10 @@ error codes instead of raising: these helpers check every code and turn the ones
 meets (topic exists, replication factor too large, unknown topic, bad config) into a
 one-line :class:`OperationError`.
 
+Reads are retried while they fail with retriable errors (a broker that just died is still in
+the metadata for a few seconds and requests sent to it fail); creates and deletes only while
+the request provably was not sent, since repeating them is not harmless.
+
 Metadata is always requested for *all* topics and filtered here. Asking the broker about one
 named topic would, with ``auto.create.topics.enable=true`` (Kafka's default), create it: a
 typo in ``sluice topics describe`` must never create a topic.
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from service.errors import OperationError
+from service.kafka.connect import retry_retriable, retry_unsent
 
 if TYPE_CHECKING:
     from aiokafka.admin import AIOKafkaAdminClient
@@ -77,7 +82,7 @@ def _error_name(code: int) -> str:
 
 async def all_topics(admin: AIOKafkaAdminClient) -> dict[str, TopicInfo]:
     """Every topic the cluster knows, by name (no auto-creation, see module docstring)."""
-    topics: list[dict[str, Any]] = await admin.describe_topics(None)
+    topics: list[dict[str, Any]] = await retry_retriable(lambda: admin.describe_topics(None))
     out: dict[str, TopicInfo] = {}
     for topic in topics:
         partitions = tuple(
@@ -109,7 +114,7 @@ async def describe_topic(admin: AIOKafkaAdminClient, name: str) -> TopicInfo:
 
 async def broker_count(admin: AIOKafkaAdminClient) -> int:
     """Brokers currently registered and alive, as the metadata reports them."""
-    cluster: dict[str, Any] = await admin.describe_cluster()
+    cluster: dict[str, Any] = await retry_retriable(admin.describe_cluster)
     return len(cluster["brokers"])
 
 
@@ -127,9 +132,8 @@ async def create_topic(
     brokers = await broker_count(admin)
     if replication_factor > brokers:
         raise OperationError(_rf_message(replication_factor, brokers))
-    response = await admin.create_topics(
-        [NewTopic(name, partitions, replication_factor, topic_configs=dict(configs))]
-    )
+    new_topic = NewTopic(name, partitions, replication_factor, topic_configs=dict(configs))
+    response = await retry_unsent(lambda: admin.create_topics([new_topic]))
     for result in response.to_object()["topic_errors"]:
         code = result["error_code"]
         message = result.get("error_message") or ""
@@ -170,7 +174,8 @@ async def topic_configs(admin: AIOKafkaAdminClient, name: str) -> list[ConfigEnt
     """All configs of topic ``name`` (DescribeConfigs), sorted by name, with their source."""
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-    responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
+    resource = ConfigResource(ConfigResourceType.TOPIC, name)
+    responses = await retry_retriable(lambda: admin.describe_configs([resource]))
     entries: list[ConfigEntry] = []
     for response in responses:
         for resource in response.to_object()["resources"]:
@@ -198,7 +203,7 @@ async def topic_configs(admin: AIOKafkaAdminClient, name: str) -> list[ConfigEnt
 
 async def delete_topic(admin: AIOKafkaAdminClient, name: str) -> None:
     """Delete ``name``; ``OperationError`` if it does not exist or the broker refuses."""
-    response = await admin.delete_topics([name])
+    response = await retry_unsent(lambda: admin.delete_topics([name]))
     for result in response.to_object()["topic_error_codes"]:
         code = result["error_code"]
         if code == _UNKNOWN_TOPIC:
