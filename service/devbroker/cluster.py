@@ -204,6 +204,24 @@ class LocalCluster:
             self._spawn(Layout(self.data_dir), node_id)
         self._wait_ready((node_id,))
 
+    def ensure_running(self) -> None:
+        """Resume frozen nodes and restart dead ones, then wait for all of them.
+
+        For fault tests sharing a module-scoped cluster: call it first, so that a node left
+        killed or SIGSTOPped by an earlier (failed) test does not fail this one too.
+        """
+        if not self._nodes:
+            raise OperationError("ensure_running() needs a cluster that was start()ed")
+        for node_id in self.node_ids:
+            pid = self.pid_of(node_id)
+            if pid is None:
+                self._forget(node_id)
+                self._spawn(Layout(self.data_dir), node_id)
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+        self._wait_ready(self.node_ids)
+
     def __enter__(self) -> Self:
         self.start()
         return self

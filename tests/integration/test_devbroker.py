@@ -192,3 +192,14 @@ async def test_cluster3_survives_kill_and_restart_of_a_node(kafka_cluster3: Loca
     finally:
         await producer.stop()
     assert [node for node, _ in _kcat_brokers(kafka_cluster3.bootstrap_servers)] == [1, 2, 3]
+
+
+def test_ensure_running_resumes_a_frozen_node_and_restarts_a_dead_one(kafka_cluster3: LocalCluster) -> None:
+    kafka_cluster3.ensure_running()
+    frozen = kafka_cluster3.pid_of(1)
+    kafka_cluster3.kill_node(1, signal.SIGSTOP)
+    kafka_cluster3.kill_node(3)
+    kafka_cluster3.ensure_running()
+    assert kafka_cluster3.pid_of(1) == frozen
+    assert "State:\tT" not in Path(f"/proc/{frozen}/status").read_text()
+    assert kafka_cluster3.pid_of(3) is not None
