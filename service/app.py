@@ -17,9 +17,7 @@ def job_catalog(settings: Settings, metrics: Metrics) -> dict[str, Callable[[], 
     """Every job this release ships, by name, built lazily from settings."""
     late = metrics.late_events.labels("rollup")
     return {
-        "wordcount": lambda: wordcount.build(
-            settings.wordcount_input_topic, settings.wordcount_output_topic
-        ),
+        "wordcount": lambda: wordcount.build(settings.wordcount_input_topic, settings.wordcount_output_topic),
         "rollup": lambda: rollup.build(
             settings.window_grace_ms,
             on_late=late.inc,

@@ -28,8 +28,17 @@ class TableEntry:
     offset: int
 
 
-async def read_table(settings: Settings, table: str, *, include_meta: bool = False) -> list[TableEntry]:
-    """Fold the table's changelog from the beginning to its current end; latest record wins."""
+async def read_table(
+    settings: Settings,
+    table: str,
+    *,
+    include_meta: bool = False,
+    wanted: set[int] | None = None,
+) -> list[TableEntry]:
+    """Fold the table's changelog from the beginning to its current end; latest record wins.
+
+    ``wanted`` limits the read to those changelog partitions.
+    """
     topic = f"{settings.app_id}-{table}-changelog"
     consumer = AIOKafkaConsumer(
         **client_kwargs(settings, client_id=f"{settings.app_id}-dump"),
@@ -39,13 +48,16 @@ async def read_table(settings: Settings, table: str, *, include_meta: bool = Fal
     )
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
+        available = consumer.partitions_for_topic(topic)
+        if not available:
             await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
+            available = consumer.partitions_for_topic(topic)
+        if not available:
             raise OperationError(f"no changelog topic {topic} (unknown table or SLUICE_APP_ID?)")
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        chosen = sorted(available if wanted is None else set(available) & wanted)
+        tps = [TopicPartition(topic, p) for p in chosen]
+        if not tps:
+            return []
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)

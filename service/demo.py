@@ -28,7 +28,7 @@ from service.devbroker.ports import free_port, free_port_block, port_is_free
 from service.settings import Settings, load_settings
 from service.traffic import TrafficGenerator
 
-_SAMPLE = re.compile(r'^(sluice_\w+)\{([^}]*)\} (\S+)$', re.M)
+_SAMPLE = re.compile(r"^(sluice_\w+)\{([^}]*)\} (\S+)$", re.M)
 
 
 def scrape(url: str) -> list[tuple[str, dict[str, str], float]]:
@@ -120,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         wait_ready(web_port, worker)
         metrics_url = f"http://127.0.0.1:{web_port}/metrics"
         print(f"worker ready; metrics: {metrics_url}  (health: /healthz, /readyz; log: {workdir}/worker.log)")
-        print(f"producing {args.rate} lines/s and {args.rate} events/s for {args.seconds:.0f}s ...", flush=True)
+        print(
+            f"producing {args.rate} lines/s and {args.rate} events/s for {args.seconds:.0f}s ...", flush=True
+        )
         gen = TrafficGenerator(settings, args.rate)
         asyncio.run(run_traffic(gen, args.seconds, metrics_url, settings))
         return verdict(settings, gen, metrics_url)

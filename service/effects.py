@@ -31,7 +31,12 @@ class Sender:
         self._full: list[tuple[tuple[str, int], Any, int]] = []
 
     def add(
-        self, topic: str, partition: int, key: bytes | None, value: bytes | None, headers: Headers | None = None
+        self,
+        topic: str,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers | None = None,
     ) -> None:
         tp = (topic, partition)
         headers = headers if headers is not None else _NO_HEADERS

@@ -39,23 +39,27 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
+from service.changelog import read_table
 from service.effects import Sender
+from service.errors import StateError
 from service.job import BadRecord, Job, Outputs, Processor
 from service.kafka.client_config import client_kwargs
 from service.kafka.murmur2 import partition_for_key
 from service.metrics import Metrics
+from service.ratelimit import RateLimiter
 from service.restore import restore
-from service.settings import Settings
+from service.settings import OnOffsetAhead, Settings
 from service.topics import ensure_topics, worker_topics
+from tables.codec import Row, encode_row
+from tables.offsets import OFFSETS, SOURCE_OFFSET_PREFIX, offset_key
 from tables.positions import Origin
 from tables.store import PartitionStore, claim_data_dir
-from tables.table import META_PREFIX, TablePartition
+from tables.table import TablePartition
 
 log = logging.getLogger(__name__)
 
 MAX_REPARTITION_RECORD = 256 * 1024
 """Split a micro-batched repartition record beyond this many bytes (broker limit is 1 MiB)."""
-SOURCE_OFFSET_KEY = META_PREFIX + "source-offset"
 
 
 @dataclass
@@ -107,14 +111,15 @@ class Engine:
         self._producer: AIOKafkaProducer | None = None
         self._stopping = asyncio.Event()
         self._route_key = lru_cache(maxsize=1 << 16)(self._route_key_uncached)
+        rate = settings.max_rate_per_partition
+        self._limiter = RateLimiter(rate) if rate else None
+        self._metrics_on = settings.metrics_enabled
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         claim_data_dir(self.settings.data_dir, self.settings.app_id)
-        self._partition_counts = await ensure_topics(
-            self.settings, worker_topics(self.settings, self.jobs)
-        )
+        self._partition_counts = await ensure_topics(self.settings, worker_topics(self.settings, self.jobs))
         client = f"{self.settings.app_id}-{socket.gethostname()}-{os.getpid()}"
         kwargs = client_kwargs(self.settings, client_id=client)
         self._producer = AIOKafkaProducer(
@@ -206,6 +211,10 @@ class Engine:
                 continue
             route = self.routes[tp.topic]
             if route.stage == 1:
+                if self._limiter is not None:
+                    records = self._throttle(tp, records)
+                    if not records:
+                        continue
                 self._split(route.job, tp, records, sender)
             else:
                 part = self.parts.get((route.job.name, tp.partition))
@@ -220,13 +229,17 @@ class Engine:
             self._send_outputs(part, sender)
         processed = time.monotonic()
         await sender.flush()  # phase A: outputs, repartition records, dead letters
+        offsets_topic = OFFSETS.changelog_topic(self.settings.app_id)
+        for tp, offset in next_offsets.items():
+            if self.routes[tp.topic].stage == 1:
+                key = offset_key(tp.topic, tp.partition).encode()
+                value = encode_row(Row(offset, {}), OFFSETS.schema)
+                sender.add(offsets_topic, self._offsets_partition(tp), key, value)
         changes = []
         for part in touched:
             for table in part.tables.values():
                 if table.duplicates_skipped:
-                    self.metrics.duplicates_skipped.labels(table.spec.name).inc(
-                        table.duplicates_skipped
-                    )
+                    self.metrics.duplicates_skipped.labels(table.spec.name).inc(table.duplicates_skipped)
                     table.duplicates_skipped = 0
                 records = list(table.changelog_records())
                 if records:
@@ -238,8 +251,9 @@ class Engine:
         for table, topic, records in changes:
             table.persist(records, last[(topic, table.partition)])
         self.processed.update(next_offsets)
-        for job in self.jobs:
-            self.metrics.processing.labels(job.name).observe(processed - started)
+        if self._metrics_on:
+            for job in self.jobs:
+                self.metrics.processing.labels(job.name).observe(processed - started)
 
     def _split(self, job: Job, tp: TopicPartition, records: list[Any], sender: Sender) -> None:
         """Stage 1: decode, validate, route each update to the partition owning its key."""
@@ -272,16 +286,34 @@ class Engine:
         for target, entries in per_target.items():
             for chunk in _chunks(tp, entries):
                 sender.add(topic, target, None, chunk)
-        self.metrics.events_processed.labels(job.name, tp.topic, str(tp.partition)).inc(
-            len(records)
-        )
+        if self._metrics_on:
+            self.metrics.events_processed.labels(job.name, tp.topic, str(tp.partition)).inc(len(records))
+
+    def _throttle(self, tp: TopicPartition, records: list[Any]) -> list[Any]:
+        """Keep what the rate allows; seek back over the rest and pause until a token is due."""
+        assert self._limiter is not None and self._consumer is not None
+        taken = self._limiter.admit(tp, len(records))
+        if taken == len(records):
+            return records
+        consumer = self._consumer
+        consumer.seek(tp, records[taken].offset)
+        consumer.pause(tp)
+        self.metrics.rate_limit_pauses.labels(tp.topic, str(tp.partition)).inc()
+
+        def resume() -> None:
+            if tp in consumer.assignment():
+                consumer.resume(tp)
+
+        asyncio.get_running_loop().call_later(self._limiter.wait(tp), resume)
+        return records[:taken]
+
+    def _offsets_partition(self, tp: TopicPartition) -> int:
+        return partition_for_key(offset_key(tp.topic, tp.partition).encode(), self.settings.topic_partitions)
 
     def _route_key_uncached(self, key: str) -> int:
         return partition_for_key(key.encode(), self.settings.topic_partitions)
 
-    def _apply(
-        self, part: JobPartition, tp: TopicPartition, records: list[Any], sender: Sender
-    ) -> None:
+    def _apply(self, part: JobPartition, tp: TopicPartition, records: list[Any], sender: Sender) -> None:
         """Stage 2: fold each update into the job's tables; the guard drops repeats."""
         processor = part.processor
         assert processor is not None
@@ -300,9 +332,10 @@ class Engine:
                     except Exception as exc:
                         log.exception("job code failed on an update", extra={"job": part.job.name})
                         self._dead_letter_update(part.job, origin, key, payload, repr(exc), sender)
-            latency.observe(max(0.0, (now_ms - entries[0][1]) / 1000))
+            if self._metrics_on:
+                latency.observe(max(0.0, (now_ms - entries[0][1]) / 1000))
         first = next(iter(part.tables.values()))
-        first.put(f"{SOURCE_OFFSET_KEY}:{tp.topic}:{tp.partition}", records[-1].offset + 1)
+        first.put(SOURCE_OFFSET_PREFIX + offset_key(tp.topic, tp.partition), records[-1].offset + 1)
 
     def _send_outputs(self, part: JobPartition, sender: Sender) -> None:
         topic = part.job.output_topic
@@ -432,8 +465,65 @@ class Engine:
         await restore(self.settings, self.metrics, every_table)
         for part in self.parts.values():
             part.processor = part.job.processor(part.tables)
+        await self._resume_positions(assigned)
         for name, child in self._table_sizes().items():
             self.metrics.table_keys.labels(name).set(child)
+
+    async def _table_offsets(self, assigned: set[TopicPartition]) -> dict[TopicPartition, int]:
+        """The tables' position per assigned partition (G4): stage 2 from the job's own table
+        partition (restored just now), stage 1 from the offsets changelog."""
+        held: dict[TopicPartition, int] = {}
+        inputs = [tp for tp in assigned if self.routes[tp.topic].stage == 1]
+        if inputs:
+            wanted = {self._offsets_partition(tp) for tp in inputs}
+            entries = await read_table(self.settings, OFFSETS.name, wanted=wanted)
+            by_key = {e.key: e.value for e in entries}
+            for tp in inputs:
+                value = by_key.get(offset_key(tp.topic, tp.partition))
+                if value is not None:
+                    held[tp] = int(value)
+        for tp in assigned:
+            route = self.routes[tp.topic]
+            if route.stage == 2:
+                part = self.parts[(route.job.name, tp.partition)]
+                first = next(iter(part.tables.values()))
+                value = first.get(SOURCE_OFFSET_PREFIX + offset_key(tp.topic, tp.partition))
+                if value is not None:
+                    held[tp] = int(value)
+        return held
+
+    async def _resume_positions(self, assigned: set[TopicPartition]) -> None:
+        """Start each partition where its effects end: the tables' offset wins over a missing or
+        older group offset, and a group offset ahead of the tables follows SLUICE_ON_OFFSET_AHEAD."""
+        consumer = self._consumer
+        assert consumer is not None
+        held = await self._table_offsets(assigned)
+        for tp in sorted(assigned):
+            group = await consumer.committed(tp)
+            table = held.get(tp)
+            position, reason = resume_position(group, table, self.settings.on_offset_ahead)
+            log.info(
+                "resume position",
+                extra={
+                    "topic": tp.topic,
+                    "partition": tp.partition,
+                    "group_offset": group,
+                    "table_offset": table,
+                    "position": position,
+                    "reason": reason,
+                },
+            )
+            if reason == "group-ahead-of-table" and self.settings.on_offset_ahead is OnOffsetAhead.FAIL:
+                raise StateError(
+                    f"{tp.topic}:{tp.partition}: the group's committed offset {group} is ahead of "
+                    f"the tables' {table}: the effects of {group - table} events may be lost "
+                    "(group offsets reset or written by another app?). Set SLUICE_ON_OFFSET_AHEAD="
+                    "table to reprocess them (the guard skips what was applied) or =group to accept"
+                )
+            if position is not None and position != group:
+                consumer.seek(tp, position)
+            if position is not None:
+                self.processed[tp] = position
 
     def _open_store(self, table: str, partition: int) -> PartitionStore:
         return PartitionStore(self.settings.data_dir / "tables" / table / str(partition))
@@ -495,3 +585,16 @@ def _chunks(tp: TopicPartition, entries: list[list[Any]]) -> list[bytes]:
 
 def _where(job: Job, record: Any) -> dict[str, Any]:
     return {"job": job.name, "topic": record.topic, "partition": record.partition, "offset": record.offset}
+
+
+def resume_position(group: int | None, table: int | None, on_ahead: OnOffsetAhead) -> tuple[int | None, str]:
+    """Where a partition resumes, and why (G4). ``None``: the consumer's own reset policy."""
+    if table is None:
+        return group, "no-table-offset" if group is not None else "new"
+    if group is None:
+        return table, "group-missing"
+    if group < table:
+        return table, "group-behind-table"
+    if group == table:
+        return group, "ok"
+    return (table if on_ahead is OnOffsetAhead.TABLE else group), "group-ahead-of-table"

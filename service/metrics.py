@@ -68,9 +68,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.commits = Counter(
-            "sluice_commits", "Offset commits to the consumer group.", registry=r
-        )
+        self.commits = Counter("sluice_commits", "Offset commits to the consumer group.", registry=r)
         self.commit_seconds = Histogram(
             "sluice_commit_seconds",
             "Time from starting to flush effects to the commit being acknowledged.",
@@ -105,6 +103,12 @@ class Metrics:
             "sluice_late_events",
             "Events whose window had already closed; counted in totals, not in windows.",
             ["job"],
+            registry=r,
+        )
+        self.rate_limit_pauses = Counter(
+            "sluice_rate_limit_pauses",
+            "Times an input partition was paused because it reached SLUICE_MAX_RATE_PER_PARTITION.",
+            ["topic", "partition"],
             registry=r,
         )
         self.restored_records = Counter(

@@ -25,15 +25,11 @@ from tables.table import TablePartition
 log = logging.getLogger(__name__)
 
 
-async def restore(
-    settings: Settings, metrics: Metrics, partitions: Sequence[TablePartition]
-) -> int:
+async def restore(settings: Settings, metrics: Metrics, partitions: Sequence[TablePartition]) -> int:
     """Catch every table partition up with its changelog; return the records applied."""
     if not partitions:
         return 0
-    by_tp = {
-        TopicPartition(p.spec.changelog_topic(settings.app_id), p.partition): p for p in partitions
-    }
+    by_tp = {TopicPartition(p.spec.changelog_topic(settings.app_id), p.partition): p for p in partitions}
     for part in partitions:
         stored = part.store.schema()
         if stored is not None and stored != part.spec.schema:

@@ -69,9 +69,7 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z0-9._-]{1,200}$",
         description="Consumer group id and prefix of internal topics (changelogs, repartition).",
     )
-    data_dir: Path = Field(
-        default_factory=default_data_dir, description="Directory for RocksDB state."
-    )
+    data_dir: Path = Field(default_factory=default_data_dir, description="Directory for RocksDB state.")
     web_host: str = Field(default="0.0.0.0", description="Address the web server binds.")
     web_port: int = Field(default=6066, ge=1, le=65535, description="Port of /metrics, /healthz, /readyz.")
     log_level: str = Field(
@@ -102,11 +100,15 @@ class Settings(BaseSettings):
     commit_interval_ms: int = Field(
         default=200, ge=1, le=600_000, description="How often durable offsets are committed."
     )
-    max_batch: int = Field(
-        default=2000, ge=1, le=1_000_000, description="Most records taken from one fetch."
-    )
+    max_batch: int = Field(default=2000, ge=1, le=1_000_000, description="Most records taken from one fetch.")
     max_record_bytes: int = Field(
         default=1_048_576, ge=16, description="Larger input values go to dead letters as oversized."
+    )
+    max_rate_per_partition: float | None = Field(
+        default=None, gt=0, description="Events/s per input partition (unset: unlimited)."
+    )
+    metrics_enabled: bool = Field(
+        default=True, description="Collect per-batch metrics (off only to measure their cost)."
     )
     window_grace_ms: int = Field(
         default=10_000, ge=0, description="rollup: how long after its end a window stays open."

@@ -18,6 +18,7 @@ from service.errors import OperationError, StateError
 from service.job import Job
 from service.kafka.client_config import client_kwargs
 from service.settings import Settings
+from tables.offsets import OFFSETS
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,16 @@ class TopicSpec:
 
 def worker_topics(settings: Settings, jobs: Sequence[Job]) -> list[TopicSpec]:
     n = settings.topic_partitions
-    specs = [TopicSpec(settings.dead_letter_topic, n, internal=False)]
+    specs = [
+        TopicSpec(settings.dead_letter_topic, n, internal=False),
+        # Written every batch: small segments keep the compacted log short to read on assignment.
+        TopicSpec(
+            OFFSETS.changelog_topic(settings.app_id),
+            n,
+            internal=True,
+            config={"cleanup.policy": "compact", "segment.ms": "60000", "min.cleanable.dirty.ratio": "0.1"},
+        ),
+    ]
     for job in jobs:
         specs.append(TopicSpec(job.input_topic, n, internal=False))
         specs.append(TopicSpec(job.output_topic, n, internal=False))

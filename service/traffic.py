@@ -19,10 +19,33 @@ from aiokafka import AIOKafkaProducer
 from service.kafka.client_config import client_kwargs
 from service.settings import Settings
 
-WORDS = (
-    "kafka stream partition offset broker consumer producer table state commit replica leader "
-    "spark sluice window event lag metric changelog rocksdb exactly once durable group topic"
-).split()
+WORDS = [
+    "kafka",
+    "stream",
+    "partition",
+    "offset",
+    "broker",
+    "consumer",
+    "producer",
+    "table",
+    "state",
+    "commit",
+    "replica",
+    "leader",
+    "spark",
+    "sluice",
+    "window",
+    "event",
+    "lag",
+    "metric",
+    "changelog",
+    "rocksdb",
+    "exactly",
+    "once",
+    "durable",
+    "group",
+    "topic",
+]
 _WORD = re.compile(r"\w+")
 
 

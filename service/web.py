@@ -30,9 +30,7 @@ def make_web_app(app: App) -> web.Application:
     async def readyz(_: web.Request) -> web.Response:
         if engine.state != "running":
             return web.json_response({"ready": False, "reason": engine.state}, status=503)
-        return web.json_response(
-            {"ready": True, "assigned_partitions": engine.assigned_count}
-        )
+        return web.json_response({"ready": True, "assigned_partitions": engine.assigned_count})
 
     web_app = web.Application()
     web_app.router.add_get("/metrics", metrics)

@@ -26,12 +26,12 @@ class Origin(NamedTuple):
 
     source: str  # "topic:partition"
     offset: int
-    index: int
+    seq: int
     timestamp_ms: int
 
     @property
     def position(self) -> tuple[int, int]:
-        return (self.offset, self.index)
+        return (self.offset, self.seq)
 
 
 def source_key(topic: str, partition: int) -> str:
@@ -41,4 +41,4 @@ def source_key(topic: str, partition: int) -> str:
 def is_new(positions: Positions, origin: Origin) -> bool:
     """True when ``origin`` is newer than anything the row applied from the same source partition."""
     last = positions.get(origin.source)
-    return last is None or (origin.offset, origin.index) > last
+    return last is None or (origin.offset, origin.seq) > last

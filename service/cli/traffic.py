@@ -10,9 +10,16 @@ from service.settings import load_settings
 
 
 @click.command()
-@click.option("--rate", default=200, show_default=True, type=click.IntRange(1, 100_000),
-              help="Lines per second, and as many JSON events per second.")
-@click.option("--seconds", type=click.FloatRange(min=0.1), help="Stop after this long (default: run until killed).")
+@click.option(
+    "--rate",
+    default=200,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="Lines per second, and as many JSON events per second.",
+)
+@click.option(
+    "--seconds", type=click.FloatRange(min=0.1), help="Stop after this long (default: run until killed)."
+)
 @click.option("--bootstrap-server", "bootstrap", help="Brokers (default: SLUICE_BROKERS).")
 def traffic(rate: int, seconds: float | None, bootstrap: str | None) -> None:
     """Produce text lines to SLUICE_WORDCOUNT_INPUT_TOPIC and JSON events (about 1% malformed,
