@@ -106,9 +106,7 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-async def produce(
-    bootstrap: str, topic: str, values: Iterable[bytes], partitions: int | None = None
-) -> None:
+async def produce(bootstrap: str, topic: str, values: Iterable[bytes], partitions: int | None = None) -> None:
     """Send ``values`` unkeyed, spread over ``partitions`` in rotation, acks=all."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
@@ -126,6 +124,22 @@ async def produce(
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
+
+
+async def read_all(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes, dict[str, bytes]]]:
+    """Every record of ``topic`` from the beginning: (key, value, headers)."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    out = []
+    try:
+        while batch := await consumer.getmany(timeout_ms=1500):
+            for records in batch.values():
+                out.extend((r.key, r.value, dict(r.headers)) for r in records)
+    finally:
+        await consumer.stop()
+    return out
 
 
 async def group_lag(bootstrap: str, group: str, topics: list[str]) -> int:

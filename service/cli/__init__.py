@@ -32,14 +32,15 @@ def _register() -> None:
     from service.cli.consume import consume
     from service.cli.dev import dev
     from service.cli.groups import groups
+    from service.cli.offsets import offsets
     from service.cli.produce import produce
     from service.cli.tables import tables
-    from service.cli.traffic import traffic
     from service.cli.topics import topics
+    from service.cli.traffic import traffic
     from service.cli.worker import worker
 
     dev.add_command(traffic)
-    for command in (worker, dev, topics, produce, consume, groups, tables):
+    for command in (worker, dev, topics, produce, consume, groups, offsets, tables):
         main.add_command(command)
 
 

@@ -76,7 +76,9 @@ class Deployment:
     def caught_up(self) -> None:
         wait_caught_up(self.bootstrap, self.app_id, self.topics())
 
-    def check_tables(self, truth_words: dict[str, int], truth_totals: dict[str, object], data_dir: Path | None) -> None:
+    def check_tables(
+        self, truth_words: dict[str, int], truth_totals: dict[str, object], data_dir: Path | None
+    ) -> None:
         words = changelog_table(self.bootstrap, self.app_id, "wordcount")
         assert words == dict(truth_words), "changelog wordcount: " + diff(dict(truth_words), words)
         totals = changelog_table(self.bootstrap, self.app_id, "rollup_totals")

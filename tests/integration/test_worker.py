@@ -12,24 +12,10 @@ from pathlib import Path
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
 
-from tests.harness import SLUICE, WorkerProcess, changelog_table, produce, unique, wait_caught_up
+from tests.harness import SLUICE, WorkerProcess, changelog_table, produce, read_all, unique, wait_caught_up
 
 pytestmark = pytest.mark.integration
-
-
-async def _read_all(bootstrap: str, topic: str) -> list[tuple[bytes, bytes, dict[str, bytes]]]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
-    await consumer.start()
-    out = []
-    try:
-        while batch := await consumer.getmany(timeout_ms=1500):
-            for records in batch.values():
-                out.extend((r.key, r.value, dict(r.headers)) for r in records)
-    finally:
-        await consumer.stop()
-    return out
 
 
 def test_wordcount_and_rollup_through_settings(kafka, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -65,17 +51,27 @@ def test_wordcount_and_rollup_through_settings(kafka, tmp_path: Path) -> None:  
         expected = Counter(w for line in lines for w in line.decode().lower().split())
         assert changelog_table(bootstrap, app, "wordcount") == dict(expected)
 
-        counts = asyncio.run(_read_all(bootstrap, env["SLUICE_WORDCOUNT_OUTPUT_TOPIC"]))
+        counts = asyncio.run(read_all(bootstrap, env["SLUICE_WORDCOUNT_OUTPUT_TOPIC"]))
         latest = {}
         for key, value, headers in counts:
             latest[key.decode()] = json.loads(value)["count"]
             assert headers["sluice.source.topic"] == env["SLUICE_WORDCOUNT_INPUT_TOPIC"].encode()
         assert latest == dict(expected)
 
-        windows = [json.loads(v) for _, v, _ in asyncio.run(_read_all(bootstrap, env["SLUICE_ROLLUP_OUTPUT_TOPIC"]))]
+        windows = [
+            json.loads(v) for _, v, _ in asyncio.run(read_all(bootstrap, env["SLUICE_ROLLUP_OUTPUT_TOPIC"]))
+        ]
         assert sorted(windows, key=lambda w: w["window_start"]) == [
             {"key": "a", "window_start": 0, "window_end": 60_000, "count": 2, "sum": 5, "min": 1, "max": 4},
-            {"key": "a", "window_start": 60_000, "window_end": 120_000, "count": 1, "sum": 2, "min": 2, "max": 2},
+            {
+                "key": "a",
+                "window_start": 60_000,
+                "window_end": 120_000,
+                "count": 1,
+                "sum": 2,
+                "min": 2,
+                "max": 2,
+            },
         ]
 
         dump = subprocess.run(
@@ -85,9 +81,7 @@ def test_wordcount_and_rollup_through_settings(kafka, tmp_path: Path) -> None:  
             check=True,
         )
         rows = [json.loads(line) for line in dump.stdout.splitlines()]
-        assert [(r["key"], r["value"]) for r in rows] == [
-            ("a", {"count": 4, "sum": 14, "min": 1, "max": 7})
-        ]
+        assert [(r["key"], r["value"]) for r in rows] == [("a", {"count": 4, "sum": 14, "min": 1, "max": 7})]
         status, metrics = worker.get("/metrics")
         assert status == 200 and "sluice_events_processed_total" in metrics
         assert worker.get("/healthz")[0] == 200
@@ -96,7 +90,11 @@ def test_wordcount_and_rollup_through_settings(kafka, tmp_path: Path) -> None:  
 
 
 def test_bad_setting_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    for name, value in [("SLUICE_WEB_PORT", "notaport"), ("SLUICE_BROKERS", "nohostport"), ("SLUICE_JOBS", "nope")]:
+    for name, value in [
+        ("SLUICE_WEB_PORT", "notaport"),
+        ("SLUICE_BROKERS", "nohostport"),
+        ("SLUICE_JOBS", "nope"),
+    ]:
         result = subprocess.run(
             [SLUICE, "worker"],
             env={**os.environ, name: value, "SLUICE_DATA_DIR": str(tmp_path)},
@@ -112,6 +110,8 @@ def test_bad_setting_is_one_line_and_exit_2(tmp_path: Path) -> None:
 def test_data_dir_of_another_app_id_is_refused(kafka, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "APP_ID").write_text("someone-else\n")
-    worker = WorkerProcess(kafka.bootstrap_servers, tmp_path / "data", unique("app"), tmp_path / "w.log").start()
+    worker = WorkerProcess(
+        kafka.bootstrap_servers, tmp_path / "data", unique("app"), tmp_path / "w.log"
+    ).start()
     assert worker.wait(60) == 2
     assert "someone-else" in worker.tail()

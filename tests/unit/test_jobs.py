@@ -10,7 +10,12 @@ from service.job import BadRecord
 
 def test_tokens_follow_the_product_definition() -> None:
     assert dict(wordcount.tokens("The the CAT, naïve café! x_y 42")) == {
-        "the": 2, "cat": 1, "naïve": 1, "café": 1, "x_y": 1, "42": 1,
+        "the": 2,
+        "cat": 1,
+        "naïve": 1,
+        "café": 1,
+        "x_y": 1,
+        "42": 1,
     }
 
 
@@ -66,5 +71,8 @@ def test_rollup_fold_and_windows() -> None:
     assert not rollup.closed(60_000, 129_999, 10_000)
     assert rollup.closed(60_000, 130_000, 10_000)
     assert rollup.window_record("k", 60_000, f) == {
-        "key": "k", "window_start": 60_000, "window_end": 120_000, **f,
+        "key": "k",
+        "window_start": 60_000,
+        "window_end": 120_000,
+        **f,
     }
