@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,7 +36,8 @@ def build_jobs(settings: Settings, metrics: Metrics) -> list[Job]:
             f"invalid setting SLUICE_JOBS: unknown job(s) {', '.join(unknown) or '(none given)'}"
             f" (known: {', '.join(catalog)})"
         )
-    return [catalog[name]() for name in settings.jobs]
+    patterns = {"wordcount": settings.wordcount_input_pattern, "rollup": settings.rollup_input_pattern}
+    return [dataclasses.replace(catalog[name](), input_pattern=patterns.get(name)) for name in settings.jobs]
 
 
 @dataclass

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Sequence
@@ -95,7 +96,8 @@ class Engine:
         self.loop_heartbeat = time.monotonic()
         self.routes: dict[str, Route] = {}
         for job in self.jobs:
-            self.routes[job.input_topic] = Route(job, 1)
+            if job.input_pattern is None:
+                self.routes[job.input_topic] = Route(job, 1)
             self.routes[job.repartition_topic(settings.app_id)] = Route(job, 2)
         self.parts: dict[tuple[str, int], JobPartition] = {}
         self.processed: dict[TopicPartition, int] = {}
@@ -136,13 +138,19 @@ class Engine:
             auto_offset_reset="earliest",
             isolation_level="read_committed",
             max_poll_interval_ms=300_000,
+            metadata_max_age_ms=self.settings.metadata_max_age_ms,
             session_timeout_ms=self.settings.session_timeout_ms,
             heartbeat_interval_ms=max(100, self.settings.session_timeout_ms // 3),
             group_instance_id=self.settings.instance_id,
         )
         await self._producer.start()
         await self._consumer.start()
-        self._consumer.subscribe(topics=list(self.routes), listener=_Listener(self))
+        patterns = [j.input_pattern for j in self.jobs if j.input_pattern is not None]
+        if patterns:
+            names = [re.escape(topic) for topic in self.routes] + [f"(?:{p})" for p in patterns]
+            self._consumer.subscribe(pattern=f"^(?:{'|'.join(names)})$", listener=_Listener(self))
+        else:
+            self._consumer.subscribe(topics=list(self.routes), listener=_Listener(self))
         self.state = "joining"
         log.info("worker started", extra={"jobs": [j.name for j in self.jobs], "client": client})
 
@@ -195,6 +203,14 @@ class Engine:
         if self.fatal is not None:
             raise self.fatal
 
+    def route(self, topic: str) -> Route:
+        """The job and stage of a topic; topics matching an input pattern are added on first sight."""
+        found = self.routes.get(topic)
+        if found is None:
+            job = next(j for j in self.jobs if j.reads(topic))
+            found = self.routes[topic] = Route(job, 1)
+        return found
+
     # ------------------------------------------------------------------ processing
 
     async def _process(self, fetched: dict[TopicPartition, list[Any]]) -> None:
@@ -209,7 +225,7 @@ class Engine:
             # consumer may deliver them again from the committed offset: the guard drops them).
             if not records or tp not in assigned:
                 continue
-            route = self.routes[tp.topic]
+            route = self.route(tp.topic)
             if route.stage == 1:
                 if self._limiter is not None:
                     records = self._throttle(tp, records)
@@ -231,7 +247,7 @@ class Engine:
         await sender.flush()  # phase A: outputs, repartition records, dead letters
         offsets_topic = OFFSETS.changelog_topic(self.settings.app_id)
         for tp, offset in next_offsets.items():
-            if self.routes[tp.topic].stage == 1:
+            if self.route(tp.topic).stage == 1:
                 key = offset_key(tp.topic, tp.partition).encode()
                 value = encode_row(Row(offset, {}), OFFSETS.schema)
                 sender.add(offsets_topic, self._offsets_partition(tp), key, value)
@@ -444,9 +460,9 @@ class Engine:
                 self.committed.pop(tp, None)
         self._lag_base.clear()
         wanted = {
-            (self.routes[tp.topic].job.name, tp.partition): self.routes[tp.topic].job
+            (self.route(tp.topic).job.name, tp.partition): self.route(tp.topic).job
             for tp in assigned
-            if self.routes[tp.topic].stage == 2
+            if self.route(tp.topic).stage == 2
         }
         for key in list(self.parts):
             if key not in wanted:
@@ -473,7 +489,7 @@ class Engine:
         """The tables' position per assigned partition (G4): stage 2 from the job's own table
         partition (restored just now), stage 1 from the offsets changelog."""
         held: dict[TopicPartition, int] = {}
-        inputs = [tp for tp in assigned if self.routes[tp.topic].stage == 1]
+        inputs = [tp for tp in assigned if self.route(tp.topic).stage == 1]
         if inputs:
             wanted = {self._offsets_partition(tp) for tp in inputs}
             entries = await read_table(self.settings, OFFSETS.name, wanted=wanted)
@@ -483,7 +499,7 @@ class Engine:
                 if value is not None:
                     held[tp] = int(value)
         for tp in assigned:
-            route = self.routes[tp.topic]
+            route = self.route(tp.topic)
             if route.stage == 2:
                 part = self.parts[(route.job.name, tp.partition)]
                 first = next(iter(part.tables.values()))

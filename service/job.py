@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+import re
 from typing import Any, Protocol
 
 from tables.positions import Origin
@@ -74,6 +75,15 @@ class Job:
     split: Split
     processor: Callable[[dict[str, TablePartition]], Processor]
     """Builds the stage-2 processor over one partition of each of the job's tables."""
+    input_pattern: str | None = None
+    """A regex of input topics, instead of ``input_topic``; matching topics created later are
+    picked up at the next metadata refresh, without a restart."""
+
+    def reads(self, topic: str) -> bool:
+        """Whether ``topic`` is one of this job's inputs."""
+        if self.input_pattern is None:
+            return topic == self.input_topic
+        return re.fullmatch(self.input_pattern, topic) is not None
 
     def repartition_topic(self, app_id: str) -> str:
         return f"{app_id}-{self.name}-repartition"

@@ -51,10 +51,14 @@ class PartitionAudit:
         return max(0, self.log_end - position)
 
 
-def source_topics(settings: Settings, jobs: list[Job]) -> dict[str, Job]:
+def source_topics(settings: Settings, jobs: list[Job], existing: set[str]) -> dict[str, Job]:
+    """Every topic the jobs read: inputs (or existing topics matching an input pattern) and
+    repartition topics."""
     topics: dict[str, Job] = {}
     for job in jobs:
-        topics[job.input_topic] = job
+        for topic in existing:
+            if job.reads(topic):
+                topics[topic] = job
         topics[job.repartition_topic(settings.app_id)] = job
     return topics
 
@@ -75,11 +79,11 @@ async def table_offsets(settings: Settings, jobs: list[Job]) -> dict[TopicPartit
 
 async def audit(settings: Settings, jobs: list[Job], group: str | None = None) -> list[PartitionAudit]:
     group = group or settings.app_id
-    topics = source_topics(settings, jobs)
     admin = AIOKafkaAdminClient(**client_kwargs(settings, client_id=f"{settings.app_id}-audit"))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
+        topics = source_topics(settings, jobs, existing)
         described = await admin.describe_topics([t for t in topics if t in existing])
         committed = await admin.list_consumer_group_offsets(group)
     finally:

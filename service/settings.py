@@ -9,6 +9,7 @@ Kafka client minutes later.
 from __future__ import annotations
 
 import os
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -82,6 +83,15 @@ class Settings(BaseSettings):
     wordcount_output_topic: str = Field(default="word-counts", description="wordcount: count updates.")
     rollup_input_topic: str = Field(default="events", description="rollup: topic of JSON events.")
     rollup_output_topic: str = Field(default="rollups", description="rollup: closed windows.")
+    wordcount_input_pattern: str | None = Field(
+        default=None, description="wordcount: regex of input topics (instead of the input topic)."
+    )
+    rollup_input_pattern: str | None = Field(
+        default=None, description="rollup: regex of input topics (instead of the input topic)."
+    )
+    metadata_max_age_ms: int = Field(
+        default=30_000, ge=100, description="How often topic metadata (new topics of a pattern) is refreshed."
+    )
     dead_letter_topic: str = Field(default="dead-letters", description="Where bad input goes.")
     topic_partitions: int = Field(
         default=4, ge=1, le=10_000, description="Partitions of topics the worker creates."
@@ -151,6 +161,16 @@ class Settings(BaseSettings):
     def _split_jobs(cls, value: object) -> object:
         if isinstance(value, str):
             value = tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("wordcount_input_pattern", "rollup_input_pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
         return value
 
     @property
