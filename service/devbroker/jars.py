@@ -173,8 +173,9 @@ def _run_maven(mvn: str, version: KafkaVersion, directory: Path, goal_args: list
         command, cwd=directory, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False
     )
     if result.returncode != 0:
-        output = (result.stdout + result.stderr).strip().splitlines()
-        tail = " | ".join(line.strip() for line in output if "ERROR" in line)[-1500:]
+        output = [line.strip() for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+        errors = [line for line in output if "ERROR" in line and len(line) > len("[ERROR] ")]
+        tail = (errors[0] if errors else " | ".join(output[-5:]))[-1500:]
         raise OperationError(
             f"Maven could not resolve Kafka {version} (exit {result.returncode}): {tail or 'no error output'}"
         )

@@ -8,7 +8,7 @@ Three things keep a JVM from being orphaned:
   from a short-lived worker thread.
 * Each JVM gets its own session, so a terminal's Ctrl-C reaches only the Python parent, which
   then stops the nodes in order instead of all of them racing their own shutdown.
-* ``stop`` escalates SIGTERM to SIGKILL after a grace period.
+* ``LocalCluster.stop`` escalates SIGTERM to SIGKILL after a grace period.
 
 The classpath ``<lib>/*`` is one argv element and no shell is involved: Java expands the
 wildcard itself, a shell would expand it into hundreds of arguments or fail.
@@ -156,15 +156,3 @@ def run_tools(commands: Sequence[Sequence[str]], cwd: Path, timeout: float) -> N
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-
-
-def terminate(proc: subprocess.Popen[bytes], grace: float) -> None:
-    """SIGTERM, wait up to ``grace`` seconds, then SIGKILL; returns once the process is gone."""
-    if proc.poll() is not None:
-        return
-    try:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
