@@ -19,7 +19,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
 
 def processed(metrics: str, topic: str) -> dict[int, float]:
-    pattern = rf'^sluice_events_processed_total\{{job="[^"]+",partition="(\d+)",topic="{re.escape(topic)}"\}} (\S+)$'
+    pattern = (
+        r"^sluice_events_processed_total\{job=\"[^\"]+\",partition=\"(\d+)\",topic=\""
+        + re.escape(topic)
+        + r"\"\} (\S+)$"
+    )
     return {int(p): float(v) for p, v in re.findall(pattern, metrics, re.M)}
 
 
