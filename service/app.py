@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agents import rollup, wordcount
+from agents import rollup, tokenize, wordcount
 from service.engine import Engine
 from service.errors import ConfigError
 from service.job import Job
@@ -19,6 +19,7 @@ def job_catalog(settings: Settings, metrics: Metrics) -> dict[str, Callable[[], 
     late = metrics.late_events.labels("rollup")
     return {
         "wordcount": lambda: wordcount.build(settings.wordcount_input_topic, settings.wordcount_output_topic),
+        "tokenize": lambda: tokenize.build(settings.tokenize_input_topic, settings.tokenize_output_topic),
         "rollup": lambda: rollup.build(
             settings.window_grace_ms,
             on_late=late.inc,

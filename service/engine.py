@@ -98,7 +98,8 @@ class Engine:
         for job in self.jobs:
             if job.input_pattern is None:
                 self.routes[job.input_topic] = Route(job, 1)
-            self.routes[job.repartition_topic(settings.app_id)] = Route(job, 2)
+            if job.tables:
+                self.routes[job.repartition_topic(settings.app_id)] = Route(job, 2)
         self.parts: dict[tuple[str, int], JobPartition] = {}
         self.processed: dict[TopicPartition, int] = {}
         """Next offset per partition whose effects are durable."""
@@ -292,6 +293,9 @@ class Engine:
                 log.exception("job code failed on a record", extra=_where(job, record))
                 self._dead_letter(job, record, "job_error", repr(exc), sender)
                 continue
+            if not job.tables:  # stateless: no table, no repartition; forward the parsed record
+                self._forward(job, record, updates, sender)
+                continue
             for index, (key, payload) in enumerate(updates):
                 entries = per_target.setdefault(self._route_key(key), [])
                 if entries and entries[-1][0] == record.offset:
@@ -304,6 +308,14 @@ class Engine:
                 sender.add(topic, target, None, chunk)
         if self._metrics_on:
             self.metrics.events_processed.labels(job.name, tp.topic, str(tp.partition)).inc(len(records))
+
+    def _forward(self, job: Job, record: Any, updates: Sequence[tuple[str, Any]], sender: Sender) -> None:
+        n = self._partition_counts[job.output_topic]
+        headers = _source_headers(record.topic, record.partition, record.offset)
+        for key, payload in updates:
+            kb = key.encode() if key else None
+            partition = partition_for_key(kb, n) if kb else record.partition % n
+            sender.add(job.output_topic, partition, kb, orjson.dumps(payload), headers)
 
     def _throttle(self, tp: TopicPartition, records: list[Any]) -> list[Any]:
         """Keep what the rate allows; seek back over the rest and pause until a token is due."""
@@ -359,11 +371,7 @@ class Engine:
         for key, value, origin in part.outputs.records.values():
             kb = key.encode()
             source_topic, _, source_partition = origin.source.rpartition(":")
-            headers = [
-                ("sluice.source.topic", source_topic.encode()),
-                ("sluice.source.partition", source_partition.encode()),
-                ("sluice.source.offset", str(origin.offset).encode()),
-            ]
+            headers = _source_headers(source_topic, source_partition, origin.offset)
             sender.add(topic, partition_for_key(kb, n), kb, orjson.dumps(value), headers)
         part.outputs.records.clear()
 
@@ -372,9 +380,7 @@ class Engine:
             ("sluice.reason", reason.encode()),
             ("sluice.detail", detail[:500].encode()),
             ("sluice.job", job.name.encode()),
-            ("sluice.source.topic", record.topic.encode()),
-            ("sluice.source.partition", str(record.partition).encode()),
-            ("sluice.source.offset", str(record.offset).encode()),
+            *_source_headers(record.topic, record.partition, record.offset),
         ]
         topic = self.settings.dead_letter_topic
         sender.add(topic, record.partition % self._partition_counts[topic], record.key, record.value, headers)
@@ -388,9 +394,7 @@ class Engine:
             ("sluice.reason", b"job_error"),
             ("sluice.detail", detail[:500].encode()),
             ("sluice.job", job.name.encode()),
-            ("sluice.source.topic", topic.encode()),
-            ("sluice.source.partition", partition.encode()),
-            ("sluice.source.offset", str(origin.offset).encode()),
+            *_source_headers(topic, partition, origin.offset),
         ]
         dead = self.settings.dead_letter_topic
         n = self._partition_counts[dead]
@@ -480,6 +484,7 @@ class Engine:
         every_table = [t for part in self.parts.values() for t in part.tables.values()]
         await restore(self.settings, self.metrics, every_table)
         for part in self.parts.values():
+            assert part.job.processor is not None, f"job {part.job.name} has tables but no processor"
             part.processor = part.job.processor(part.tables)
         await self._resume_positions(assigned)
         for name, child in self._table_sizes().items():
@@ -614,3 +619,13 @@ def resume_position(group: int | None, table: int | None, on_ahead: OnOffsetAhea
     if group == table:
         return group, "ok"
     return (table if on_ahead is OnOffsetAhead.TABLE else group), "group-ahead-of-table"
+
+
+def _source_headers(topic: str, partition: int | str, offset: int) -> list[tuple[str, bytes]]:
+    """Where a record came from, so a downstream consumer can drop repeats (outputs are
+    at-least-once)."""
+    return [
+        ("sluice.source.topic", topic.encode()),
+        ("sluice.source.partition", str(partition).encode()),
+        ("sluice.source.offset", str(offset).encode()),
+    ]

@@ -17,9 +17,9 @@ agent module under ``agents/`` only wires them to these two hooks.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-import re
 from typing import Any, Protocol
 
 from tables.positions import Origin
@@ -72,8 +72,9 @@ class Job:
     input_topic: str
     output_topic: str
     tables: tuple[TableSpec, ...]
+    """No tables: a stateless job; what ``split`` returns goes straight to ``output_topic``."""
     split: Split
-    processor: Callable[[dict[str, TablePartition]], Processor]
+    processor: Callable[[dict[str, TablePartition]], Processor] | None = None
     """Builds the stage-2 processor over one partition of each of the job's tables."""
     input_pattern: str | None = None
     """A regex of input topics, instead of ``input_topic``; matching topics created later are

@@ -92,6 +92,8 @@ class Settings(BaseSettings):
     metadata_max_age_ms: int = Field(
         default=30_000, ge=100, description="How often topic metadata (new topics of a pattern) is refreshed."
     )
+    tokenize_input_topic: str = Field(default="lines", description="tokenize: topic of text lines.")
+    tokenize_output_topic: str = Field(default="tokens", description="tokenize: words per line.")
     dead_letter_topic: str = Field(default="dead-letters", description="Where bad input goes.")
     topic_partitions: int = Field(
         default=4, ge=1, le=10_000, description="Partitions of topics the worker creates."

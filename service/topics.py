@@ -50,6 +50,8 @@ def worker_topics(settings: Settings, jobs: Sequence[Job]) -> list[TopicSpec]:
         if job.input_pattern is None:
             specs.append(TopicSpec(job.input_topic, n, internal=False))
         specs.append(TopicSpec(job.output_topic, n, internal=False))
+        if not job.tables:
+            continue
         specs.append(TopicSpec(job.repartition_topic(settings.app_id), n, internal=True))
         for table in job.tables:
             specs.append(

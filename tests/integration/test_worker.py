@@ -115,3 +115,27 @@ def test_data_dir_of_another_app_id_is_refused(kafka, tmp_path: Path) -> None:  
     ).start()
     assert worker.wait(60) == 2
     assert "someone-else" in worker.tail()
+
+
+def test_stateless_tokenize_forwards_each_line(kafka, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bootstrap = kafka.bootstrap_servers
+    app = unique("app")
+    env = {
+        "SLUICE_JOBS": "tokenize",
+        "SLUICE_TOKENIZE_INPUT_TOPIC": unique("lines"),
+        "SLUICE_TOKENIZE_OUTPUT_TOPIC": unique("tokens"),
+        "SLUICE_DEAD_LETTER_TOPIC": unique("dead"),
+    }
+    worker = WorkerProcess(bootstrap, tmp_path / "data", app, tmp_path / "w.log", **env).start()
+    try:
+        worker.wait_ready()
+        lines = [b"a b a", b"C c", b"\xff bad"]
+        asyncio.run(produce(bootstrap, env["SLUICE_TOKENIZE_INPUT_TOPIC"], lines, 1))
+        wait_caught_up(bootstrap, app, [env["SLUICE_TOKENIZE_INPUT_TOPIC"]])
+        out = asyncio.run(read_all(bootstrap, env["SLUICE_TOKENIZE_OUTPUT_TOPIC"]))
+        assert [json.loads(v) for _, v, _ in out] == [{"words": {"a": 2, "b": 1}}, {"words": {"c": 2}}]
+        assert [h["sluice.source.offset"] for _, _, h in out] == [b"0", b"1"]
+        dead = asyncio.run(read_all(bootstrap, env["SLUICE_DEAD_LETTER_TOPIC"]))
+        assert [(v, h["sluice.reason"]) for _, v, h in dead] == [(b"\xff bad", b"invalid_utf8")]
+    finally:
+        assert worker.kill(signal.SIGTERM) == 0, worker.tail()
