@@ -17,26 +17,36 @@ if TYPE_CHECKING:
 class _Progress:
     """One self-overwriting status line on a terminal's stderr: records, rate, share of file."""
 
-    def __init__(self, stream: IO[str], total_bytes: int | None) -> None:
+    def __init__(self, stream: IO[str], total_bytes: int | None, *, live: bool) -> None:
+        # Not live when the input is typed on the same terminal: a status line there would
+        # be overwritten by the echo of what the user types. The final line is still shown.
         self._stream = stream
         self._total = total_bytes
+        self._live = live
 
     def __call__(self, stats: ProduceStats) -> None:
+        if not self._live:
+            return
         share = ""
         if self._total:
             share = f"  {min(stats.bytes_read * 100 // self._total, 100):3d}%"
         self._stream.write(
             f"\r{stats.acknowledged} records acknowledged, {stats.sent} sent"
-            f"  {stats.acknowledged / stats.elapsed:,.0f} records/s{share}\x1b[K"
+            f"  {_rate(stats)} records/s{share}\x1b[K"
         )
         self._stream.flush()
 
     def done(self, stats: ProduceStats, topic: str) -> None:
         self._stream.write(
             f"\rProduced {stats.acknowledged} records to {topic} in {stats.elapsed:.2f} s "
-            f"({stats.acknowledged / stats.elapsed:,.0f} records/s)\x1b[K\n"
+            f"({_rate(stats)} records/s)\x1b[K\n"
         )
         self._stream.flush()
+
+
+def _rate(stats: ProduceStats) -> str:
+    rate = stats.acknowledged / stats.elapsed
+    return f"{rate:,.0f}" if rate >= 10 else f"{rate:.2f}"
 
 
 @click.command(epilog=EXIT_CODES_HELP + " Interrupted (Ctrl-C): 130, after sending what was read.")
@@ -111,7 +121,7 @@ def produce(
     )
     with click.open_file(path, "rb") as source:
         total = _size_of(source)
-        progress = _Progress(sys.stderr, total) if sys.stderr.isatty() else None
+        progress = _Progress(sys.stderr, total, live=not source.isatty()) if sys.stderr.isatty() else None
         try:
             # Both stdin's buffer and a file opened "rb" are BufferedReaders, which have read1.
             chunks = cast("ChunkSource", source)

@@ -3,8 +3,9 @@
 A blocking ``read`` on the loop's thread would stall aiokafka's sender too: typed lines
 would not reach Kafka until the next line arrived. A daemon thread reads instead and hands
 chunks over through a small bounded queue (back-pressure: a fast file cannot outrun a slow
-broker by more than a few chunks). ``read1`` returns as soon as *some* bytes are there, so a
-terminal delivers each line when Enter is pressed while a file is read in large blocks.
+broker by more than a few chunks). ``os.read`` (or ``read1``) returns as soon as *some* bytes
+are there, so a terminal delivers each line when Enter is pressed while a file is read in
+large blocks.
 The thread is a daemon because a read blocked on a terminal can never be interrupted: it
 must not keep the process alive after Ctrl-C.
 """
@@ -13,7 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
+import os
 import threading
+from collections.abc import Callable
 from typing import Protocol
 
 CHUNK_SIZE = 1 << 16
@@ -46,10 +50,26 @@ class ChunkReader:
             self._eof = True
         return item
 
+    def _read_function(self) -> Callable[[int], bytes]:
+        """``os.read`` on the file descriptor when there is one, else the object's ``read1``.
+
+        The descriptor, not the BufferedReader: a read blocked inside the buffered object holds
+        its lock, and when the interpreter then exits (Ctrl-C on a terminal) and touches
+        ``sys.stdin`` it aborts with "could not acquire lock ... daemon threads".
+        """
+        fileno = getattr(self._source, "fileno", None)
+        if fileno is not None:
+            try:
+                return functools.partial(os.read, fileno())
+            except (OSError, ValueError):  # io.UnsupportedOperation: an in-memory stream
+                pass
+        return self._source.read1
+
     def _run(self) -> None:
+        read = self._read_function()
         try:
             while True:
-                chunk = self._source.read1(self._chunk_size)
+                chunk = read(self._chunk_size)
                 self._hand_over(chunk)
                 if not chunk:
                     return

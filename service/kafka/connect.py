@@ -45,7 +45,10 @@ def operation_error(exc: BaseException, settings: Settings) -> OperationError:
     from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 
     if isinstance(exc, KafkaConnectionError):
-        return OperationError(f"cannot connect to Kafka at {settings.bootstrap_servers}: {_one_line(exc)}")
+        detail = _one_line(exc)
+        if "Unable to bootstrap" in detail:  # aiokafka's wording when every address failed
+            detail = "no broker answered (check --bootstrap-server/SLUICE_BROKERS and security settings)"
+        return OperationError(f"cannot connect to Kafka at {settings.bootstrap_servers}: {detail}")
     if isinstance(exc, KafkaTimeoutError | asyncio.TimeoutError):
         return OperationError(f"Kafka did not answer in time ({settings.bootstrap_servers})")
     return OperationError(_one_line(exc))

@@ -76,3 +76,21 @@ def test_chunk_reader_hands_over_read_errors() -> None:
             await reader.read()
 
     asyncio.run(main())
+
+
+def test_chunk_reader_on_a_pipe_gets_lines_as_they_are_written() -> None:
+    """A real descriptor (read with os.read): each write arrives without waiting for more."""
+    read_fd, write_fd = os.pipe()
+
+    async def main(source: io.BufferedReader) -> list[bytes]:
+        reader = ChunkReader(source)
+        os.write(write_fd, b"first\n")
+        got = [await asyncio.wait_for(reader.read(), 5)]
+        os.write(write_fd, b"second\n")
+        got.append(await asyncio.wait_for(reader.read(), 5))
+        os.close(write_fd)
+        got.append(await asyncio.wait_for(reader.read(), 5))
+        return got
+
+    with open(read_fd, "rb") as source:
+        assert asyncio.run(main(source)) == [b"first\n", b"second\n", b""]
