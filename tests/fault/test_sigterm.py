@@ -152,12 +152,15 @@ def test_sigterm_under_load_then_restart_reprocesses_nothing(deployment: Deploym
 def test_measure_drain_time(deployment: Deployment) -> None:
     d = deployment
     rounds = int(os.environ.get("SLUICE_MEASURE_ROUNDS", "5"))
+    worker = d.worker("w").start()
+    worker.wait_ready(90)  # creates the topics the traffic goes to
     traffic = Traffic(d.bootstrap, d.lines, d.events, seed=23, rate=800).start()
     drains = []
     try:
-        for _ in range(rounds):
-            worker = d.worker("w").start()
-            worker.wait_ready(90)
+        for i in range(rounds):
+            if i:
+                worker = d.worker("w").start()
+                worker.wait_ready(90)
             time.sleep(3)
             code, drain = sigterm_and_time(worker, SHUTDOWN_TIMEOUT + 10)
             assert code == 0, worker.tail()
