@@ -26,11 +26,13 @@ its next owner starts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
 import socket
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -42,14 +44,14 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from service.changelog import read_table
 from service.effects import Sender
-from service.errors import StateError
+from service.errors import OperationError, StateError
 from service.job import BadRecord, Job, Outputs, Processor
 from service.kafka.client_config import client_kwargs
 from service.kafka.murmur2 import partition_for_key
 from service.metrics import Metrics
 from service.ratelimit import RateLimiter
 from service.restore import restore
-from service.settings import OnOffsetAhead, Settings
+from service.settings import OnOffsetAhead, ProcessingGuarantee, Settings
 from service.topics import ensure_topics, worker_topics
 from tables.codec import Row, encode_row
 from tables.offsets import OFFSETS, SOURCE_OFFSET_PREFIX, offset_key
@@ -105,6 +107,8 @@ class Engine:
         """Next offset per partition whose effects are durable."""
         self.committed: dict[TopicPartition, int] = {}
         self._lag_base: dict[TopicPartition, int] = {}
+        self._reported: set[TopicPartition] = set()
+        """Partitions whose gauges this worker exports."""
         """Committed offset of assigned partitions nothing was processed from yet (for lag)."""
         self.assigned_count = 0
         self._lock = asyncio.Lock()
@@ -117,6 +121,7 @@ class Engine:
         rate = settings.max_rate_per_partition
         self._limiter = RateLimiter(rate) if rate else None
         self._metrics_on = settings.metrics_enabled
+        self._eos = settings.processing_guarantee is ProcessingGuarantee.EXACTLY_ONCE
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -125,12 +130,21 @@ class Engine:
         self._partition_counts = await ensure_topics(self.settings, worker_topics(self.settings, self.jobs))
         client = f"{self.settings.app_id}-{socket.gethostname()}-{os.getpid()}"
         kwargs = client_kwargs(self.settings, client_id=client)
+        transactional: dict[str, Any] = {}
+        if self._eos:
+            transactional = {
+                # Stable per worker (pod name, or an id kept in the data directory): a restarted
+                # worker fences its crashed predecessor and aborts its open transaction at once.
+                "transactional_id": f"{self.settings.app_id}-{self._instance()}",
+                "transaction_timeout_ms": 15_000,
+            }
         self._producer = AIOKafkaProducer(
             **kwargs,
             acks="all",
             enable_idempotence=True,
             max_batch_size=512 * 1024,
             linger_ms=2,
+            **transactional,
         )
         self._consumer = AIOKafkaConsumer(
             **kwargs,
@@ -154,6 +168,14 @@ class Engine:
             self._consumer.subscribe(topics=list(self.routes), listener=_Listener(self))
         self.state = "joining"
         log.info("worker started", extra={"jobs": [j.name for j in self.jobs], "client": client})
+
+    def _instance(self) -> str:
+        if self.settings.instance_id:
+            return self.settings.instance_id
+        path = self.settings.data_dir / "INSTANCE_ID"
+        if not path.exists():
+            path.write_text(uuid.uuid4().hex + "\n")
+        return path.read_text().strip()
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -215,6 +237,23 @@ class Engine:
     # ------------------------------------------------------------------ processing
 
     async def _process(self, fetched: dict[TopicPartition, list[Any]]) -> None:
+        if not self._eos:
+            await self._process_batch(fetched)
+            return
+        # exactly_once: the batch's outputs, changelog records and input offsets commit as one
+        # Kafka transaction; read_committed consumers (stage 2, restore, downstream) never see
+        # the records of a batch whose transaction did not commit.
+        producer = self._producer
+        assert producer is not None
+        await producer.begin_transaction()
+        try:
+            await self._process_batch(fetched)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await producer.abort_transaction()
+            raise
+
+    async def _process_batch(self, fetched: dict[TopicPartition, list[Any]]) -> None:
         started = time.monotonic()
         sender = Sender(self._producer)
         touched: list[JobPartition] = []
@@ -245,7 +284,8 @@ class Engine:
             part.processor.end_batch(part.outputs)
             self._send_outputs(part, sender)
         processed = time.monotonic()
-        await sender.flush()  # phase A: outputs, repartition records, dead letters
+        if not self._eos:  # in a transaction all of it becomes visible at once
+            await sender.flush()  # phase A: outputs, repartition records, dead letters
         offsets_topic = OFFSETS.changelog_topic(self.settings.app_id)
         for tp, offset in next_offsets.items():
             if self.route(tp.topic).stage == 1:
@@ -265,6 +305,12 @@ class Engine:
                         sender.add(topic, table.partition, key, value)
                     changes.append((table, topic, records))
         last = await sender.flush()  # phase B: changelog
+        if self._eos and next_offsets:
+            assert self._producer is not None
+            await self._producer.send_offsets_to_transaction(next_offsets, self.settings.app_id)
+            await self._producer.commit_transaction()
+            self.committed.update(next_offsets)
+            self.metrics.commits.inc()
         for table, topic, records in changes:
             table.persist(records, last[(topic, table.partition)])
         self.processed.update(next_offsets)
@@ -362,8 +408,12 @@ class Engine:
                         self._dead_letter_update(part.job, origin, key, payload, repr(exc), sender)
             if self._metrics_on:
                 latency.observe(max(0.0, (now_ms - entries[0][1]) / 1000))
-        first = next(iter(part.tables.values()))
-        first.put(SOURCE_OFFSET_PREFIX + offset_key(tp.topic, tp.partition), records[-1].offset + 1)
+        # Every table of the job records the position: their changelogs are separate topics, so a
+        # crash can leave one table's batch durable and another's not. Resuming from the lowest
+        # position re-reads what the lagging table lacks; the guard skips it in the others.
+        key = SOURCE_OFFSET_PREFIX + offset_key(tp.topic, tp.partition)
+        for table in part.tables.values():
+            table.put(key, records[-1].offset + 1)
 
     def _send_outputs(self, part: JobPartition, sender: Sender) -> None:
         topic = part.job.output_topic
@@ -407,6 +457,13 @@ class Engine:
         consumer = self._consumer
         assert consumer is not None
         assigned = consumer.assignment()
+        for tp in list(self.processed):
+            if tp in assigned:
+                # Past transaction markers (exactly_once topics): the consumer's position skips
+                # control records that follow the last processed record; nothing lies between.
+                position = await consumer.position(tp)
+                if position > self.processed[tp]:
+                    self.processed[tp] = position
         offsets = {
             tp: offset
             for tp, offset in self.processed.items()
@@ -463,6 +520,17 @@ class Engine:
                 del self.processed[tp]
                 self.committed.pop(tp, None)
         self._lag_base.clear()
+        # Partitions that moved away stop being reported here: their new owner reports them.
+        for tp in self._reported - assigned:
+            labels = (tp.topic, str(tp.partition))
+            for gauge in (
+                self.metrics.consumer_lag,
+                self.metrics.committed_offset,
+                self.metrics.log_end_offset,
+            ):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(*labels)
+        self._reported = set(assigned)
         wanted = {
             (self.route(tp.topic).job.name, tp.partition): self.route(tp.topic).job
             for tp in assigned
@@ -507,10 +575,10 @@ class Engine:
             route = self.route(tp.topic)
             if route.stage == 2:
                 part = self.parts[(route.job.name, tp.partition)]
-                first = next(iter(part.tables.values()))
-                value = first.get(SOURCE_OFFSET_PREFIX + offset_key(tp.topic, tp.partition))
-                if value is not None:
-                    held[tp] = int(value)
+                key = SOURCE_OFFSET_PREFIX + offset_key(tp.topic, tp.partition)
+                values = [table.get(key) for table in part.tables.values()]
+                if None not in values:
+                    held[tp] = min(int(v) for v in values)
         return held
 
     async def _resume_positions(self, assigned: set[TopicPartition]) -> None:
@@ -523,6 +591,11 @@ class Engine:
             group = await consumer.committed(tp)
             table = held.get(tp)
             position, reason = resume_position(group, table, self.settings.on_offset_ahead)
+            if reason == "group-ahead-of-table":
+                assert group is not None and table is not None
+                if await records_between(self.settings, tp, table, group) == 0:
+                    # Only transaction markers lie between: the consumer's position skipped them.
+                    position, reason = group, "ok"
             log.info(
                 "resume position",
                 extra={
@@ -606,6 +679,37 @@ def _chunks(tp: TopicPartition, entries: list[list[Any]]) -> list[bytes]:
 
 def _where(job: Job, record: Any) -> dict[str, Any]:
     return {"job": job.name, "topic": record.topic, "partition": record.partition, "offset": record.offset}
+
+
+async def records_between(settings: Settings, tp: TopicPartition, start: int, end: int) -> int:
+    """How many committed data records ``tp`` holds in ``[start, end)``: zero when only
+    transaction markers (or aborted records) separate a group offset from a table offset."""
+    consumer = AIOKafkaConsumer(
+        **client_kwargs(settings, client_id=f"{settings.app_id}-check"),
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+    )
+    await consumer.start()
+    count = 0
+    try:
+        consumer.assign([tp])
+        consumer.seek(tp, start)
+        deadline = time.monotonic() + 60
+        while await consumer.position(tp) < end:
+            if time.monotonic() > deadline:
+                raise OperationError(f"cannot read {tp.topic}:{tp.partition} [{start}, {end})")
+            fetched = await consumer.getmany(tp, timeout_ms=1000)
+            records = fetched.get(tp, [])
+            count += sum(1 for r in records if r.offset < end)
+            if not records and await consumer.position(tp) < end:
+                log_end = (await consumer.end_offsets([tp]))[tp]
+                if log_end <= await consumer.position(tp):
+                    count += end - log_end  # a group offset past the log's end is no safe position
+                    break
+    finally:
+        await consumer.stop()
+    return count
 
 
 def resume_position(group: int | None, table: int | None, on_ahead: OnOffsetAhead) -> tuple[int | None, str]:

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 _RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message"}
-_SECRET_WORDS = ("password", "secret", "token", "keyfile")
+_SECRET_WORDS = ("password", "secret", "keyfile")
 
 
 class JsonFormatter(logging.Formatter):

@@ -15,7 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.protocol.admin import DeleteGroupsRequest
 
 from service.changelog import read_table
-from service.engine import resume_position
+from service.engine import records_between, resume_position
 from service.errors import OperationError
 from service.job import Job
 from service.kafka.client_config import client_kwargs
@@ -70,10 +70,18 @@ async def table_offsets(settings: Settings, jobs: list[Job]) -> dict[TopicPartit
         topic, _, partition = entry.key.rpartition(":")
         held[TopicPartition(topic, int(partition))] = int(entry.value)
     for job in jobs:
-        for entry in await read_table(settings, job.tables[0].name, include_meta=True):
-            if entry.key.startswith(SOURCE_OFFSET_PREFIX):
-                topic, _, partition = entry.key[len(SOURCE_OFFSET_PREFIX) :].rpartition(":")
-                held[TopicPartition(topic, int(partition))] = int(entry.value)
+        # Each table of a job records the stage-2 position; the job resumes from the lowest.
+        per_table: list[dict[TopicPartition, int]] = []
+        for spec in job.tables:
+            positions = {}
+            for entry in await read_table(settings, spec.name, include_meta=True):
+                if entry.key.startswith(SOURCE_OFFSET_PREFIX):
+                    topic, _, partition = entry.key[len(SOURCE_OFFSET_PREFIX) :].rpartition(":")
+                    positions[TopicPartition(topic, int(partition))] = int(entry.value)
+            per_table.append(positions)
+        if per_table:
+            for tp in set.intersection(*(set(p) for p in per_table)):
+                held[tp] = min(p[tp] for p in per_table)
     return held
 
 
@@ -96,6 +104,10 @@ async def audit(settings: Settings, jobs: list[Job], group: str | None = None) -
         meta = committed.get(tp)
         group_offset = meta.offset if meta is not None and meta.offset >= 0 else None
         _, verdict = resume_position(group_offset, held.get(tp), OnOffsetAhead.FAIL)
+        if verdict == "group-ahead-of-table":
+            assert group_offset is not None
+            if await records_between(settings, tp, held[tp], group_offset) == 0:
+                verdict = "ok"  # only transaction markers between the two
         out.append(
             PartitionAudit(
                 tp.topic, tp.partition, topics[tp.topic].name, group_offset, held.get(tp), ends[tp], verdict
