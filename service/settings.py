@@ -98,8 +98,11 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(
         default=4, ge=1, le=10_000, description="Partitions of topics the worker creates."
     )
-    replication_factor: int = Field(
-        default=1, ge=1, le=32, description="Replication factor of topics the worker creates."
+    replication_factor: int | None = Field(
+        default=None,
+        ge=1,
+        le=32,
+        description="Replication factor of topics the worker creates (default: min(3, brokers)).",
     )
     session_timeout_ms: int = Field(
         default=10_000, ge=1000, le=3_600_000, description="Group session timeout (failure detection)."

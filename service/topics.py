@@ -73,10 +73,10 @@ async def ensure_topics(settings: Settings, specs: Sequence[TopicSpec]) -> dict[
         counts = await _partition_counts(admin, [s.name for s in specs])
         missing = [s for s in specs if s.name not in counts]
         if missing:
-            new = [
-                NewTopic(s.name, s.partitions, settings.replication_factor, topic_configs=s.config)
-                for s in missing
-            ]
+            rf = settings.replication_factor
+            if rf is None:  # as many copies as the cluster allows, up to 3
+                rf = min(3, len((await admin.describe_cluster())["brokers"]))
+            new = [NewTopic(s.name, s.partitions, rf, topic_configs=s.config) for s in missing]
             response = await admin.create_topics(new)
             for name, code, *rest in response.topic_errors:
                 if code not in (0, _TOPIC_ALREADY_EXISTS):

@@ -54,10 +54,12 @@ def wait_progress(worker, topic: str, since: dict[int, float], timeout: float = 
 @pytest.mark.cluster3
 @pytest.mark.slow
 def test_broker_deaths_lose_and_double_nothing(kafka_cluster3, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """G7: kill -9 the leader of the input partitions, then of the changelog; exact state."""
+    """G7: kill -9 the leader of the input partitions, then of the changelog; exact state.
+
+    The worker creates its topics with the default replication factor, min(3, brokers) = 3.
+    """
     cluster = kafka_cluster3
     d = Deployment(cluster.bootstrap_servers, tmp_path)
-    d.env["SLUICE_REPLICATION_FACTOR"] = "3"
     pauses = []
     try:
         w = d.worker("w").start()
