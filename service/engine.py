@@ -36,6 +36,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -52,6 +53,7 @@ from service.metrics import Metrics
 from service.ratelimit import RateLimiter
 from service.restore import restore
 from service.settings import OnOffsetAhead, ProcessingGuarantee, Settings
+from service.standby import StandbyAssignor, StandbyReplicator
 from service.topics import ensure_topics, worker_topics
 from tables.codec import Row, encode_row
 from tables.offsets import OFFSETS, SOURCE_OFFSET_PREFIX, offset_key
@@ -108,6 +110,8 @@ class Engine:
         self.committed: dict[TopicPartition, int] = {}
         self._lag_base: dict[TopicPartition, int] = {}
         self._reported: set[TopicPartition] = set()
+        self._assignor: StandbyAssignor | None = None
+        self._standby: StandbyReplicator | None = None
         """Partitions whose gauges this worker exports."""
         """Committed offset of assigned partitions nothing was processed from yet (for lag)."""
         self.assigned_count = 0
@@ -146,8 +150,16 @@ class Engine:
             linger_ms=2,
             **transactional,
         )
+        strategy: dict[str, Any] = {}
+        if self.settings.standby_replicas:
+            stateful = [j.repartition_topic(self.settings.app_id) for j in self.jobs if j.tables]
+            self._assignor = StandbyAssignor(self.settings.standby_replicas, stateful)
+            strategy = {"partition_assignment_strategy": (self._assignor,)}
+            self._standby = StandbyReplicator(self.settings, self._store_path)
+            await self._standby.start()
         self._consumer = AIOKafkaConsumer(
             **kwargs,
+            **strategy,
             group_id=self.settings.app_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -218,6 +230,8 @@ class Engine:
             await self._consumer.stop()
         if self._producer is not None:
             await self._producer.stop()
+        if self._standby is not None:
+            await self._standby.stop()
         for part in self.parts.values():
             part.close()
         self.parts.clear()
@@ -539,6 +553,15 @@ class Engine:
         for key in list(self.parts):
             if key not in wanted:
                 self.parts.pop(key).close()
+        if self._standby is not None and self._assignor is not None:
+            # Before the owner opens them: a partition that was a standby here is released first.
+            copies = {
+                TopicPartition(spec.changelog_topic(self.settings.app_id), tp.partition): spec
+                for tp in self._assignor.standby - assigned
+                for spec in self.route(tp.topic).job.tables
+            }
+            await self._standby.retarget(copies)
+            self.metrics.standby_partitions.set(len(copies))
         for (name, partition), job in wanted.items():
             if (name, partition) not in self.parts:
                 tables = {
@@ -619,8 +642,11 @@ class Engine:
             if position is not None:
                 self.processed[tp] = position
 
+    def _store_path(self, table: str, partition: int) -> Path:
+        return self.settings.data_dir / "tables" / table / str(partition)
+
     def _open_store(self, table: str, partition: int) -> PartitionStore:
-        return PartitionStore(self.settings.data_dir / "tables" / table / str(partition))
+        return PartitionStore(self._store_path(table, partition))
 
     def _table_sizes(self) -> dict[str, int]:
         sizes: dict[str, int] = {}

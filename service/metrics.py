@@ -81,6 +81,11 @@ class Metrics:
         self.assigned_partitions = Gauge(
             "sluice_assigned_partitions", "Partitions currently assigned to this worker.", registry=r
         )
+        self.standby_partitions = Gauge(
+            "sluice_standby_partitions",
+            "Changelog partitions this worker keeps a standby copy of (SLUICE_STANDBY_REPLICAS).",
+            registry=r,
+        )
         self.dead_letters = Counter(
             "sluice_dead_letters",
             "Records sent to the dead-letter topic, by job and reason.",

@@ -104,6 +104,12 @@ class Settings(BaseSettings):
         le=32,
         description="Replication factor of topics the worker creates (default: min(3, brokers)).",
     )
+    standby_replicas: int = Field(
+        default=0,
+        ge=0,
+        le=3,
+        description="Workers that keep a warm copy of each table partition (faster takeover, more disk).",
+    )
     session_timeout_ms: int = Field(
         default=10_000, ge=1000, le=3_600_000, description="Group session timeout (failure detection)."
     )

@@ -1,0 +1,156 @@
+"""Standby replicas: warm copies of table partitions another worker owns.
+
+With ``SLUICE_STANDBY_REPLICAS=N`` the group's assignor (:class:`StandbyAssignor`) gives each
+table partition, besides its owner, N other workers that keep a copy of it by tailing its
+changelog into their local RocksDB (:class:`StandbyReplicator`). When the owner dies, the
+partition moves to a worker that most likely holds a copy, and its restore reads only the
+changelog's tail instead of the whole partition.
+
+The trade-off: every standby costs a worker the disk and the changelog traffic of the copy
+(N times the state in the whole group); in exchange a takeover is as fast as a restart on the
+same disk. A standby copy is written only from committed changelog records, so it obeys the
+same rule as the owner's: local RocksDB is always a prefix of the changelog.
+
+All workers of a group must run with the same assignor: a worker with standbys and one
+without cannot join the same group (Kafka refuses mixed assignment protocols).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment, ConsumerProtocolMemberMetadata
+
+from service.kafka.client_config import client_kwargs
+from service.settings import Settings
+from tables.store import PartitionStore
+from tables.table import TableSpec
+
+log = logging.getLogger(__name__)
+
+
+class StandbyAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
+    """Round-robin for the active partitions, plus N standby owners per stateful partition,
+    carried to each member in its assignment's user data."""
+
+    name = "sluice-standby"
+    version = 0
+
+    def __init__(self, replicas: int, stateful_topics: Iterable[str]) -> None:
+        self.replicas = replicas
+        self.stateful_topics = frozenset(stateful_topics)
+        self.standby: set[TopicPartition] = set()
+
+    def assign(
+        self, cluster: Any, members: Mapping[str, ConsumerProtocolMemberMetadata]
+    ) -> dict[str, ConsumerProtocolMemberAssignment]:
+        active = RoundRobinPartitionAssignor.assign(cluster, members)
+        owner = {
+            (topic, partition): member
+            for member, assignment in active.items()
+            for topic, partitions in assignment.assignment
+            for partition in partitions
+        }
+        ordered = sorted(members)
+        standby: dict[str, list[list[Any]]] = {member: [] for member in ordered}
+        for (topic, partition), member in sorted(owner.items()):
+            if topic not in self.stateful_topics:
+                continue
+            others = [m for m in ordered if m != member]
+            for k in range(min(self.replicas, len(others))):
+                standby[others[(partition + k) % len(others)]].append([topic, partition])
+        return {
+            member: ConsumerProtocolMemberAssignment(
+                self.version, assignment.assignment, orjson.dumps(standby[member])
+            )
+            for member, assignment in active.items()
+        }
+
+    def metadata(self, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
+        return ConsumerProtocolMemberMetadata(self.version, list(topics), b"")
+
+    def on_assignment(self, assignment: ConsumerProtocolMemberAssignment) -> None:
+        data = orjson.loads(assignment.user_data) if assignment.user_data else []
+        self.standby = {TopicPartition(topic, partition) for topic, partition in data}
+
+
+class StandbyReplicator:
+    """Tails the changelogs of this worker's standby table partitions into local RocksDB."""
+
+    def __init__(self, settings: Settings, store_path: Any) -> None:
+        self.settings = settings
+        self._store_path = store_path  # (table name, partition) -> Path
+        self._stores: dict[TopicPartition, tuple[TableSpec, PartitionStore]] = {}
+        self._lock = asyncio.Lock()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def partitions(self) -> int:
+        return len(self._stores)
+
+    async def start(self) -> None:
+        self._consumer = AIOKafkaConsumer(
+            **client_kwargs(self.settings, client_id=f"{self.settings.app_id}-standby"),
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+        )
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._tail(), name="sluice-standby")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        async with self._lock:
+            for _, store in self._stores.values():
+                store.close()
+            self._stores.clear()
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def retarget(self, wanted: Mapping[TopicPartition, TableSpec]) -> None:
+        """Replicate exactly ``wanted`` (changelog partition -> table); release the others
+        first, so an owner can open a partition's RocksDB that was a standby a moment ago."""
+        assert self._consumer is not None
+        async with self._lock:
+            for tp in list(self._stores):
+                if tp not in wanted:
+                    self._stores.pop(tp)[1].close()
+            for tp, spec in wanted.items():
+                if tp not in self._stores:
+                    path: Path = self._store_path(spec.name, tp.partition)
+                    self._stores[tp] = (spec, PartitionStore(path))
+            self._consumer.assign(list(self._stores))
+            for tp, (_, store) in self._stores.items():
+                self._consumer.seek(tp, store.changelog_offset() + 1)
+        if wanted:
+            log.info(
+                "standby partitions", extra={"partitions": sorted(f"{t.topic}:{t.partition}" for t in wanted)}
+            )
+
+    async def _tail(self) -> None:
+        assert self._consumer is not None
+        while True:
+            if not self._stores:
+                await asyncio.sleep(0.5)
+                continue
+            async with self._lock:
+                fetched = await self._consumer.getmany(timeout_ms=500, max_records=20_000)
+                for tp, records in fetched.items():
+                    entry = self._stores.get(tp)
+                    if entry is None or not records:
+                        continue
+                    spec, store = entry
+                    store.write([(r.key, r.value) for r in records], records[-1].offset, spec.schema)
