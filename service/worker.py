@@ -3,7 +3,9 @@
 0: stopped on a signal after draining, committing and leaving the group within
 ``SLUICE_SHUTDOWN_TIMEOUT``. 1: a runtime failure (e.g. the broker unreachable): nothing past
 the last durable batch was committed, so a restart replays it and the guard drops repeats.
-2: bad configuration or state that cannot be trusted (wrong app id, schema change).
+2: bad configuration or state that cannot be trusted (wrong app id, schema change), including
+a broker that refuses the worker's security settings at start (wrong SASL password, PLAINTEXT
+against a TLS port): restarting cannot fix those, so they must not look like an outage.
 """
 
 from __future__ import annotations
@@ -45,17 +47,23 @@ async def _serve(app: App) -> int:
     log.info("settings", extra={"settings": redact(app.settings.model_dump(mode="json"))})
     runner = None
     code = 0
+    started = False
     try:
         runner = await start_web(app)
         await engine.start()
+        started = True
         await engine.run()
     except SluiceError as exc:
-        log.error(str(exc))
-        print(f"sluice: {exc}", file=sys.stderr, flush=True)
-        code = exc.exit_code
+        code = _report(exc)
     except Exception as exc:
-        log.exception("worker failed", extra={"error": repr(exc)})
-        code = 1
+        # A client that cannot bootstrap at start is asked why (connect.diagnose_connection):
+        # a security mismatch is configuration (exit 2), a broker that is down stays exit 1.
+        diagnosed = await _start_failure(exc, app) if not started else None
+        if diagnosed is not None:
+            code = _report(diagnosed)
+        else:
+            log.exception("worker failed", extra={"error": repr(exc)})
+            code = 1
     finally:
         try:
             await engine.close()
@@ -65,6 +73,27 @@ async def _serve(app: App) -> int:
             await runner.cleanup()
     log.info("worker stopped", extra={"exit_code": code})
     return code
+
+
+def _report(exc: SluiceError) -> int:
+    """Log ``exc``, print it as the one ``sluice: ...`` line on stderr, return its exit code."""
+    log.error(str(exc))
+    print(f"sluice: {exc}", file=sys.stderr, flush=True)
+    return exc.exit_code
+
+
+async def _start_failure(exc: Exception, app: App) -> SluiceError | None:
+    """The ConfigError behind a client that failed to start, if a setting is the cause."""
+    from aiokafka.errors import KafkaConnectionError
+
+    from service.kafka.connect import diagnose_connection
+
+    if not isinstance(exc, KafkaConnectionError):
+        return None
+    try:
+        return await diagnose_connection(app.settings)
+    except SluiceError as error:  # e.g. the password file vanished meanwhile
+        return error
 
 
 def _give_up(timeout: float) -> None:

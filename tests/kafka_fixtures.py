@@ -5,6 +5,8 @@
                            a test module may set ``KAFKA_OVERRIDES = {...}`` (broker properties)
     kafka_cluster_factory  module: ``factory(brokers=1|3, overrides={...})`` -> a started cluster
                            of one's own, e.g. with ``offsets.retention.minutes`` for a fault test
+    kafka_secure           module: a single node whose client port is SASL_SSL (SCRAM-SHA-512/256,
+                           CA in its data dir); ``.client_env`` holds the SLUICE_* a client needs
 
 Each yields a started :class:`LocalCluster`; tests use ``.bootstrap_servers``, and fault tests
 ``.kill_node(id)`` / ``.start_node(id)``. Nothing starts until a test requests a fixture, so unit
@@ -32,7 +34,7 @@ from service.devbroker import LocalCluster
 from service.devbroker.ports import free_port, free_port_block
 from service.errors import ConfigError, OperationError
 
-__all__ = ["free_port", "free_port_block", "kafka", "kafka_cluster3", "kafka_cluster_factory"]
+__all__ = ["free_port", "free_port_block", "kafka", "kafka_cluster3", "kafka_cluster_factory", "kafka_secure"]
 
 _START_ATTEMPTS = 3
 _PORT_CLASH = ("Address already in use", "BindException", "is in use")
@@ -48,14 +50,26 @@ class ClusterFactory:
         self._dirs: list[Path] = []
         atexit.register(self.close)
 
-    def __call__(self, brokers: int = 1, overrides: Mapping[str, object] | None = None) -> LocalCluster:
+    def __call__(
+        self,
+        brokers: int = 1,
+        overrides: Mapping[str, object] | None = None,
+        *,
+        tls: bool = False,
+        sasl_scram: bool = False,
+    ) -> LocalCluster:
         """A started cluster on free ports; retried on new ports if another process took one."""
         _stop_on_sigterm()
         for attempt in range(1, _START_ATTEMPTS + 1):
             data_dir = self._tmp.mktemp(f"{self._name}-{brokers}n", numbered=True)
             self._dirs.append(data_dir)
             cluster = LocalCluster(
-                base_port=free_port_block(brokers), brokers=brokers, data_dir=data_dir, overrides=overrides
+                base_port=free_port_block(brokers),
+                brokers=brokers,
+                data_dir=data_dir,
+                overrides=overrides,
+                tls=tls,
+                sasl_scram=sasl_scram,
             )
             self._clusters.append(cluster)
             try:
@@ -118,3 +132,13 @@ def kafka_cluster3(request: pytest.FixtureRequest, kafka_cluster_factory: Cluste
     """A 3-node cluster for one test module; nodes killed by a test are not restarted for the next."""
     overrides = getattr(request.module, "KAFKA_OVERRIDES", None)
     return kafka_cluster_factory(brokers=3, overrides=overrides)
+
+
+@pytest.fixture(scope="module")
+def kafka_secure(kafka_cluster_factory: ClusterFactory) -> LocalCluster:
+    """A single node for one test module whose clients must use SASL_SSL with SCRAM (user ``sluice``).
+
+    Module-scoped rather than session-scoped: only the security tests need it, and a JVM of its
+    own would otherwise run (and take a core's share) for the whole session.
+    """
+    return kafka_cluster_factory(brokers=1, tls=True, sasl_scram=True)

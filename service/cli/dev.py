@@ -2,7 +2,9 @@
 
 ``sluice dev broker`` is a foreground process on purpose: scripts and tests start it, read the
 one ``ready <bootstrap-servers>`` line from stdout, and stop it with SIGTERM; everything else it
-says goes to stderr so that stdout stays machine-readable.
+says goes to stderr so that stdout stays machine-readable. With ``--tls``/``--sasl-scram`` that
+includes the ``SLUICE_*=value`` lines a client needs, one per line (``grep ^SLUICE_`` makes an
+env file of them); the SASL password is only ever named by its file.
 """
 
 from __future__ import annotations
@@ -65,17 +67,42 @@ def jars(kafka_version: str | None) -> None:
 )
 @click.option("--kafka-version", metavar="V", help=_VERSION_HELP)
 @click.option("--heap", default="512m", show_default=True, help="JVM -Xmx of each node.")
-def broker(port: int, brokers: str, data_dir: Path | None, kafka_version: str | None, heap: str) -> None:
+@click.option(
+    "--tls", is_flag=True, help="Client ports speak TLS (SSL) with a generated CA (DATA_DIR/tls/ca.pem)."
+)
+@click.option(
+    "--sasl-scram",
+    is_flag=True,
+    help="Client ports require SASL SCRAM-SHA-512/256, user 'sluice' (password: DATA_DIR/tls/sasl-password).",
+)
+def broker(
+    port: int,
+    brokers: str,
+    data_dir: Path | None,
+    kafka_version: str | None,
+    heap: str,
+    tls: bool,
+    sasl_scram: bool,
+) -> None:
     """Run a local Kafka cluster in the foreground until SIGINT/SIGTERM.
 
     Prints exactly one line to stdout, "ready <bootstrap-servers>", once every broker accepts
-    connections; logs go to DATA_DIR/node-<id>.log. On SIGINT/SIGTERM it stops every broker
-    and exits 0; it exits 1 if a broker dies, 2 if a port is in use.
+    connections; logs go to DATA_DIR/node-<id>.log. With --tls and/or --sasl-scram the client
+    ports speak SSL, SASL_PLAINTEXT or SASL_SSL (brokers use a PLAINTEXT port of their own), and
+    the SLUICE_* settings a client needs are printed to stderr as NAME=value lines. On
+    SIGINT/SIGTERM it stops every broker and exits 0; it exits 1 if a broker dies, 2 if a port
+    is in use.
     """
     from service.devbroker.cluster import LocalCluster
 
     cluster = LocalCluster(
-        base_port=port, brokers=int(brokers), data_dir=data_dir, kafka_version=kafka_version, heap=heap
+        base_port=port,
+        brokers=int(brokers),
+        data_dir=data_dir,
+        kafka_version=kafka_version,
+        heap=heap,
+        tls=tls,
+        sasl_scram=sasl_scram,
     )
     previous = {signum: signal.signal(signum, _raise_stop) for signum in _STOP_SIGNALS}
     try:
@@ -83,10 +110,15 @@ def broker(port: int, brokers: str, data_dir: Path | None, kafka_version: str | 
         click.echo(f"ready {cluster.bootstrap_servers}")
         sys.stdout.flush()
         click.echo(
-            f"sluice dev broker: Kafka {cluster.version}, {brokers} node(s), logs in "
-            f"{cluster.data_dir}/node-<id>.log; Ctrl-C stops",
+            f"sluice dev broker: Kafka {cluster.version}, {brokers} node(s), {cluster.security_protocol} "
+            f"clients, logs in {cluster.data_dir}/node-<id>.log; Ctrl-C stops",
             err=True,
         )
+        if tls or sasl_scram:
+            click.echo("sluice dev broker: client settings:", err=True)
+            for name, value in cluster.client_env.items():
+                click.echo(f"{name}={value}", err=True)
+        sys.stderr.flush()
         _serve(cluster)
     except _StopRequested:
         pass

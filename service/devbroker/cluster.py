@@ -10,6 +10,12 @@ fixtures and a plain CLI loop can drive it. Typical use::
 
 Readiness is a TCP connect to each client port: Kafka opens the client listener only once the
 broker is started and unfenced (its controller port opens earlier and is never probed).
+
+``LocalCluster(..., tls=True, sasl_scram=True)`` makes the client ports SASL_SSL (``tls`` alone:
+SSL, ``sasl_scram`` alone: SASL_PLAINTEXT) with SCRAM-SHA-512 and -256 for user ``sluice``;
+brokers keep talking to each other over a PLAINTEXT ``INTERNAL`` listener on other ports.
+``cluster.client_env`` holds the ``SLUICE_*`` settings a client needs (the password only as
+a file path, see :mod:`service.devbroker.security`).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-from service.devbroker import config, jvm
+from service.devbroker import config, jvm, security
 from service.devbroker.jars import ensure_jars
 from service.devbroker.layout import ClusterState, Layout
 from service.devbroker.ports import HOST, accepts_connections, free_ports, port_is_free
@@ -62,6 +68,8 @@ class LocalCluster:
         *,
         start_timeout: float = 60.0,
         stop_grace: float = 15.0,
+        tls: bool = False,
+        sasl_scram: bool = False,
     ) -> None:
         if brokers not in config.SUPPORTED_SIZES:
             raise ConfigError(f"a local cluster has 1 or 3 brokers, not {brokers}")
@@ -81,6 +89,9 @@ class LocalCluster:
         self._logs: dict[int, IO[bytes]] = {}
         self._lib_dir: Path | None = None
         self._log_config: Path | None = None
+        self.tls = tls
+        self.sasl_scram = sasl_scram
+        self._scram_password: str | None = None
 
     # -- what clients and tests read -------------------------------------------------------
 
@@ -90,7 +101,7 @@ class LocalCluster:
         return tuple(range(1, self.brokers + 1))
 
     def port_of(self, node_id: int) -> int:
-        """The client (PLAINTEXT) port of ``node_id``."""
+        """The client port of ``node_id`` (its listener speaks :attr:`security_protocol`)."""
         self._check_node(node_id)
         return self.base_port + node_id - 1
 
@@ -98,6 +109,47 @@ class LocalCluster:
     def bootstrap_servers(self) -> str:
         """``127.0.0.1:P,127.0.0.1:P+1,...``: every node, for any Kafka client."""
         return ",".join(f"{HOST}:{self.port_of(node_id)}" for node_id in self.node_ids)
+
+    @property
+    def security_protocol(self) -> str:
+        """What clients must speak on the client ports: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."""
+        return config.security_protocol(tls=self.tls, sasl_scram=self.sasl_scram)
+
+    @property
+    def tls_files(self) -> security.TlsFiles:
+        """Paths of the CA, stores and password files under ``<data-dir>/tls/``."""
+        return security.TlsFiles(self.data_dir / "tls")
+
+    @property
+    def ca_file(self) -> Path | None:
+        """The CA certificate clients verify the brokers with (TLS only), else None."""
+        return self.tls_files.ca_cert if self.tls else None
+
+    @property
+    def sasl_username(self) -> str | None:
+        """The SCRAM user created at format time (SASL only), else None."""
+        return security.SASL_USERNAME if self.sasl_scram else None
+
+    @property
+    def sasl_password_file(self) -> Path | None:
+        """The file (mode 0600) holding the SCRAM user's password (SASL only), else None."""
+        return self.tls_files.sasl_password_file if self.sasl_scram else None
+
+    @property
+    def client_env(self) -> dict[str, str]:
+        """The ``SLUICE_*`` variables a worker or CLI needs to use this cluster.
+
+        Never the password itself: ``SLUICE_SASL_PASSWORD_FILE`` points at it, so the value can
+        be printed, logged and copied into shell history safely.
+        """
+        env = {"SLUICE_BROKERS": self.bootstrap_servers, "SLUICE_SECURITY_PROTOCOL": self.security_protocol}
+        if self.tls:
+            env["SLUICE_SSL_CAFILE"] = str(self.tls_files.ca_cert)
+        if self.sasl_scram:
+            env["SLUICE_SASL_MECHANISM"] = security.CLIENT_SASL_MECHANISM
+            env["SLUICE_SASL_USERNAME"] = security.SASL_USERNAME
+            env["SLUICE_SASL_PASSWORD_FILE"] = str(self.tls_files.sasl_password_file)
+        return env
 
     @property
     def data_dir(self) -> Path:
@@ -266,12 +318,47 @@ class LocalCluster:
         text = resources.files("service.devbroker").joinpath(name).read_text(encoding="utf-8")
         self._log_config.write_text(text, encoding="utf-8")
 
-        nodes = config.plan_nodes(self.base_port, self.brokers, ports, self.data_dir)
+        client_security = self._client_security(layout)
+        internal_ports = None
+        if client_security.secured:
+            # Not remembered in cluster.json: brokers register their endpoints anew at each start.
+            internal_ports = free_ports(self.brokers, exclude=client_ports | frozenset(ports))
+        nodes = config.plan_nodes(self.base_port, self.brokers, ports, self.data_dir, internal_ports)
         self._nodes = {node.node_id: node for node in nodes}
         for node in nodes:
-            props = config.node_properties(node, nodes, self.overrides)
-            layout.properties(node.node_id).write_text(config.render(props), encoding="utf-8")
+            props = config.node_properties(node, nodes, self.overrides, client_security)
+            path = layout.properties(node.node_id)
+            path.write_text(config.render(props), encoding="utf-8")
+            if client_security.tls:
+                path.chmod(0o600)  # it holds the keystore password
         return state
+
+    def _client_security(self, layout: Layout) -> config.ClientSecurity:
+        """Make (or reuse) the TLS material and SCRAM password the client listener needs.
+
+        The SCRAM user exists only if the node dirs were formatted by a SASL run: a data dir
+        first formatted without it cannot grow one through ``--ignore-formatted``, so it is
+        refused here rather than failing every client with "authentication failed" later.
+        """
+        if not (self.tls or self.sasl_scram):
+            return config.ClientSecurity()
+        files = self.tls_files
+        if self.sasl_scram:
+            formatted = [n for n in self.node_ids if (layout.node_dir(n) / "meta.properties").is_file()]
+            if formatted and not files.sasl_password_file.is_file():
+                raise ConfigError(
+                    f"data dir {self.data_dir} was formatted without a SCRAM user: use another "
+                    "data dir for --sasl-scram"
+                )
+            self._scram_password = security.ensure_sasl_password(files)
+        material = security.ensure_tls(files) if self.tls else None
+        return config.ClientSecurity(
+            tls=self.tls,
+            sasl_scram=self.sasl_scram,
+            keystore=material.keystore if material else None,
+            truststore=material.truststore if material else None,
+            store_password=material.store_password if material else None,
+        )
 
     def _java(self, main_class: str, args: list[str], flags: list[str] | None = None) -> list[str]:
         assert self._lib_dir is not None and self._log_config is not None
@@ -280,7 +367,18 @@ class LocalCluster:
         return jvm.java_command(self._lib_dir, self.version, self._log_config, main_class, args, flags)
 
     def _format(self, layout: Layout, cluster_id: str) -> None:
-        """Format every node's log dir with ``cluster_id`` (a no-op for formatted ones)."""
+        """Format every node's log dir with ``cluster_id`` (a no-op for formatted ones).
+
+        With SASL, the SCRAM user goes into the bootstrap metadata here, for both mechanisms,
+        so it exists before any broker accepts a client (KRaft has no ZooKeeper to add it to
+        beforehand, and adding it afterwards would need an authenticated admin client).
+        """
+        scram: list[str] = []
+        password = self._scram_password
+        if self.sasl_scram and password is not None:
+            user = security.SASL_USERNAME
+            for mechanism in config.SCRAM_MECHANISMS:
+                scram += ["--add-scram", security.scram_credential(mechanism, user, password)]
         commands = [
             self._java(
                 "kafka.tools.StorageTool",
@@ -290,6 +388,7 @@ class LocalCluster:
                     str(layout.properties(node_id)),
                     "--cluster-id",
                     cluster_id,
+                    *scram,
                     "--ignore-formatted",
                 ],
             )

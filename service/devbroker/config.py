@@ -4,6 +4,11 @@ Every node runs in combined mode (``process.roles=broker,controller``) with a st
 set, the form that works unchanged on Kafka 3.9 and 4.x. The values below trade durability
 and throughput for a start in seconds and a small heap; see ``_FAST_START``.
 
+With a :class:`ClientSecurity` that asks for TLS and/or SASL/SCRAM, only the client listener
+changes protocol: brokers replicate and talk to the controller over a separate PLAINTEXT
+listener on 127.0.0.1 (``INTERNAL``), so a certificate or SCRAM mistake can only break clients,
+which is exactly what a developer testing a secured client wants to see.
+
 Example::
 
     >>> nodes = plan_nodes(base_port=9092, brokers=1, controller_ports=[40001],
@@ -16,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.devbroker.ports import HOST
@@ -66,15 +71,61 @@ _TRIPLE: dict[str, str] = {
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
+# Mechanisms offered on a SCRAM client listener; the user is created for both at format time.
+SCRAM_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256")
+_SCRAM_LOGIN = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+
+
+def security_protocol(*, tls: bool, sasl_scram: bool) -> str:
+    """Kafka's protocol name for a listener with or without TLS and SASL, e.g. ``SASL_SSL``."""
+    if tls:
+        return "SASL_SSL" if sasl_scram else "SSL"
+    return "SASL_PLAINTEXT" if sasl_scram else "PLAINTEXT"
+
+
+@dataclass(frozen=True)
+class ClientSecurity:
+    """What the client listener speaks: TLS, SASL/SCRAM, both, or neither (PLAINTEXT).
+
+    ``keystore``/``truststore`` are PKCS12 files protected by ``store_password``; they are
+    required when ``tls`` is set. The SCRAM *users* are not here: they live in the metadata
+    log, written at format time (see ``cluster.LocalCluster._format``).
+    """
+
+    tls: bool = False
+    sasl_scram: bool = False
+    keystore: Path | None = None
+    truststore: Path | None = None
+    store_password: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.tls and (self.keystore is None or self.truststore is None or not self.store_password):
+            raise ConfigError("a TLS listener needs a keystore, a truststore and their password")
+
+    @property
+    def protocol(self) -> str:
+        """Kafka's name of the client listener's security protocol, e.g. ``SASL_SSL``."""
+        return security_protocol(tls=self.tls, sasl_scram=self.sasl_scram)
+
+    @property
+    def secured(self) -> bool:
+        """True when the client listener is anything but PLAINTEXT."""
+        return self.tls or self.sasl_scram
+
 
 @dataclass(frozen=True)
 class NodeSpec:
-    """One combined broker+controller node: its id, its two ports and its log directory."""
+    """One combined broker+controller node: its id, its ports and its log directory.
+
+    ``internal_port`` is the PLAINTEXT inter-broker listener of a cluster whose client
+    listener is secured; None when clients and brokers share the PLAINTEXT client port.
+    """
 
     node_id: int
     client_port: int
     controller_port: int
     log_dir: Path
+    internal_port: int | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -83,9 +134,17 @@ class NodeSpec:
 
 
 def plan_nodes(
-    base_port: int, brokers: int, controller_ports: Sequence[int], data_dir: Path
+    base_port: int,
+    brokers: int,
+    controller_ports: Sequence[int],
+    data_dir: Path,
+    internal_ports: Sequence[int] | None = None,
 ) -> tuple[NodeSpec, ...]:
-    """Nodes 1..brokers: client port ``base_port + i``, log dir ``data_dir/node-<id>``."""
+    """Nodes 1..brokers: client port ``base_port + i``, log dir ``data_dir/node-<id>``.
+
+    ``internal_ports`` (one per node) are given only for a cluster with a secured client
+    listener; every port of the plan must be distinct.
+    """
     if brokers not in SUPPORTED_SIZES:
         raise ConfigError(f"a local cluster has 1 or 3 brokers, not {brokers}")
     if not 1024 <= base_port <= 65535 - (brokers - 1):
@@ -98,12 +157,21 @@ def plan_nodes(
             f"controller ports {list(controller_ports)} must be distinct and differ from "
             f"client ports {sorted(client_ports)}"
         )
+    if internal_ports is not None:
+        taken = client_ports | set(controller_ports)
+        distinct = set(internal_ports)
+        if len(internal_ports) != brokers or len(distinct) != brokers or taken & distinct:
+            raise ConfigError(
+                f"internal ports {list(internal_ports)} must be one per node, distinct, and differ "
+                f"from client ports {sorted(client_ports)} and controller ports {list(controller_ports)}"
+            )
     return tuple(
         NodeSpec(
             node_id=i + 1,
             client_port=base_port + i,
             controller_port=controller_ports[i],
             log_dir=data_dir.absolute() / f"node-{i + 1}",
+            internal_port=internal_ports[i] if internal_ports is not None else None,
         )
         for i in range(brokers)
     )
@@ -115,27 +183,80 @@ def voters(nodes: Sequence[NodeSpec]) -> str:
 
 
 def node_properties(
-    node: NodeSpec, nodes: Sequence[NodeSpec], overrides: Mapping[str, object] | None = None
+    node: NodeSpec,
+    nodes: Sequence[NodeSpec],
+    overrides: Mapping[str, object] | None = None,
+    security: ClientSecurity | None = None,
 ) -> dict[str, str]:
     """All properties of ``node`` in a cluster of ``nodes``; ``overrides`` win over ours.
 
-    Only the client listener is advertised: the controller endpoint falls back to its
-    ``listeners`` entry, and advertising it too would make clients try to use it.
+    Only the broker listeners are advertised: the controller endpoint falls back to its
+    ``listeners`` entry, and advertising it too would make clients try to use it. A client
+    only ever sees the endpoints of the listener it connected to, so advertising ``INTERNAL``
+    (needed for replication) does not lead secured clients to the PLAINTEXT port.
     """
     props: dict[str, str] = {
         "process.roles": "broker,controller",
         "node.id": str(node.node_id),
         "controller.quorum.voters": voters(nodes),
-        "listeners": f"PLAINTEXT://{HOST}:{node.client_port},CONTROLLER://{HOST}:{node.controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{HOST}:{node.client_port}",
-        "inter.broker.listener.name": "PLAINTEXT",
         "controller.listener.names": "CONTROLLER",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
         "log.dirs": str(node.log_dir),
     }
+    if security is None or not security.secured:
+        props.update(
+            {
+                "listeners": f"PLAINTEXT://{HOST}:{node.client_port},CONTROLLER://{HOST}:{node.controller_port}",
+                "advertised.listeners": f"PLAINTEXT://{HOST}:{node.client_port}",
+                "inter.broker.listener.name": "PLAINTEXT",
+                "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            }
+        )
+    else:
+        props.update(_secured_listeners(node, security))
     props.update(_FAST_START)
     props.update(_SINGLE if len(nodes) == 1 else _TRIPLE)
     props.update(normalise_overrides(overrides or {}))
+    return props
+
+
+def _secured_listeners(node: NodeSpec, security: ClientSecurity) -> dict[str, str]:
+    """Listener properties for a TLS and/or SCRAM client port plus a PLAINTEXT internal port.
+
+    Everything security-related is prefixed ``listener.name.client.``, so it applies to the
+    client listener only and the internal and controller listeners stay PLAINTEXT.
+    """
+    if node.internal_port is None:
+        raise ConfigError(f"node {node.node_id} needs an internal port when clients use {security.protocol}")
+    client = f"{HOST}:{node.client_port}"
+    internal = f"{HOST}:{node.internal_port}"
+    props = {
+        "listeners": f"CLIENT://{client},INTERNAL://{internal},CONTROLLER://{HOST}:{node.controller_port}",
+        "advertised.listeners": f"CLIENT://{client},INTERNAL://{internal}",
+        "inter.broker.listener.name": "INTERNAL",
+        "listener.security.protocol.map": (
+            f"CLIENT:{security.protocol},INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT"
+        ),
+    }
+    prefix = "listener.name.client."
+    if security.tls:
+        assert security.keystore is not None and security.truststore is not None
+        assert security.store_password is not None
+        props.update(
+            {
+                prefix + "ssl.keystore.type": "PKCS12",
+                prefix + "ssl.keystore.location": str(security.keystore),
+                prefix + "ssl.keystore.password": security.store_password,
+                prefix + "ssl.key.password": security.store_password,
+                prefix + "ssl.truststore.type": "PKCS12",
+                prefix + "ssl.truststore.location": str(security.truststore),
+                prefix + "ssl.truststore.password": security.store_password,
+                prefix + "ssl.client.auth": "none",
+            }
+        )
+    if security.sasl_scram:
+        props[prefix + "sasl.enabled.mechanisms"] = ",".join(SCRAM_MECHANISMS)
+        for mechanism in SCRAM_MECHANISMS:
+            props[f"{prefix}{mechanism.lower()}.sasl.jaas.config"] = _SCRAM_LOGIN
     return props
 
 

@@ -127,6 +127,18 @@ def spawn(command: Sequence[str], log: IO[bytes], cwd: Path) -> subprocess.Popen
         raise OperationError(f"cannot start {command[0]}: {exc}") from exc
 
 
+_SECRET_OPTIONS = frozenset({"--add-scram", "-S"})
+
+
+def _shown(command: Sequence[str]) -> list[str]:
+    """``command`` for an error message, with SCRAM credentials (StorageTool) replaced by ``***``."""
+    shown = list(command)
+    for i in range(1, len(shown)):
+        if shown[i - 1] in _SECRET_OPTIONS:
+            shown[i] = "***"
+    return shown
+
+
 def run_tools(commands: Sequence[Sequence[str]], cwd: Path, timeout: float) -> None:
     """Run short-lived JVM tools in parallel (e.g. one format per node); fail on any error."""
     procs: list[subprocess.Popen[bytes]] = []
@@ -150,7 +162,7 @@ def run_tools(commands: Sequence[Sequence[str]], cwd: Path, timeout: float) -> N
                 raise OperationError(f"{command[-5:]} did not finish within {timeout:.0f} s") from exc
             if proc.returncode != 0:
                 text = output.decode(errors="replace").strip()[-2000:]
-                raise OperationError(f"{' '.join(command[-6:])} failed: {text}")
+                raise OperationError(f"{' '.join(_shown(command)[-6:])} failed: {text}")
     finally:
         for proc in procs:
             if proc.poll() is None:

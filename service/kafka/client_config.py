@@ -25,7 +25,10 @@ def client_kwargs(settings: Settings, *, client_id: str = "sluice") -> dict[str,
     Contains ``bootstrap_servers``, ``client_id``, ``security_protocol`` and, when the protocol
     needs them, ``ssl_context`` (built once here, so certificate errors surface before any
     connection) and ``sasl_mechanism``/``sasl_plain_username``/``sasl_plain_password``.
-    Raises :class:`ConfigError` for missing or unreadable certificate/password files.
+    aiokafka takes the SCRAM password under the name ``sasl_plain_password`` too, so SCRAM
+    needs nothing else. The result holds the password: never log it (log Settings through
+    :func:`service.logs.redact`). Raises :class:`ConfigError` for missing or unreadable
+    certificate/password files.
     """
     protocol = settings.security_protocol
     kwargs: dict[str, Any] = {
@@ -45,7 +48,13 @@ def client_kwargs(settings: Settings, *, client_id: str = "sluice") -> dict[str,
 
 
 def _ssl_context(settings: Settings) -> ssl.SSLContext:
-    """Verify the broker against ``ssl_cafile`` (else the system CAs); client cert if given."""
+    """Verify the broker against ``ssl_cafile`` (else the system CAs); client cert if given.
+
+    Hostname checking stays on: aiokafka passes the broker's advertised host as the server
+    name, and Python matches an IP address such as 127.0.0.1 against the certificate's IP
+    SANs, so a certificate issued for the address (as ``sluice dev broker --tls`` makes) is
+    verified as strictly as one issued for a DNS name.
+    """
     from aiokafka.helpers import create_ssl_context
 
     for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
