@@ -1,0 +1,5 @@
+"""``python -m bench [--quick]``: see :mod:`bench.main`."""
+
+from bench.main import main
+
+raise SystemExit(main())
