@@ -31,11 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
 from bench.data import Dataset
 from bench.lag import LagProbe
 from bench.procs import cpu_seconds, rss_mb, stop
 from service.changelog import read_table
 from service.devbroker.ports import free_port
+from service.kafka.client_config import client_kwargs
 from service.settings import load_settings
 
 SLUICE = str(Path(sys.executable).with_name("sluice"))
@@ -157,9 +161,45 @@ def check_table(bootstrap: str, app_id: str, truth: Counter[str]) -> None:
         )
 
 
-async def _wait_caught_up(worker: Worker, limit_s: float) -> float:
-    async with LagProbe(worker.bootstrap, worker.app_id, [worker.input_topic, worker.repartition_topic]) as p:
+async def _wait_caught_up(worker: Worker, topics: list[str], limit_s: float) -> float:
+    async with LagProbe(worker.bootstrap, worker.app_id, topics) as p:
         return await p.wait_zero(limit_s)
+
+
+def check_tokens(bootstrap: str, topic: str, dataset: Dataset) -> None:
+    """Raise :class:`BenchError` unless ``topic`` has one record per line whose words add up."""
+    settings = load_settings(brokers=bootstrap)
+
+    async def fold() -> tuple[int, Counter[str]]:
+        consumer = AIOKafkaConsumer(
+            **client_kwargs(settings, client_id="bench-check"), group_id=None, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            await consumer._client.force_metadata_update()
+            tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            records, words = 0, Counter[str]()
+            todo = {tp for tp in tps if ends[tp] > 0}
+            while todo:
+                for tp, batch in (await consumer.getmany(*todo, timeout_ms=1000)).items():
+                    for record in batch:
+                        records += 1
+                        words.update(orjson.loads(record.value)["words"])
+                    if batch and batch[-1].offset + 1 >= ends[tp]:
+                        todo.discard(tp)
+            return records, words
+        finally:
+            await consumer.stop()
+
+    records, words = asyncio.run(fold())
+    if records != dataset.events or words != dataset.truth:
+        raise BenchError(
+            f"tokenize output {topic}: {records} records for {dataset.events} lines, "
+            f"{sum(words.values())} words for {dataset.tokens}; counts equal: {words == dataset.truth}"
+        )
 
 
 def run_wordcount(
@@ -167,24 +207,39 @@ def run_wordcount(
     dataset: Dataset,
     workdir: Path,
     *,
+    job: str = "wordcount",
+    metrics: bool = True,
     check: bool = True,
     timeout: float = 600,
     profile: Path | None = None,
 ) -> dict[str, Any]:
-    """One timed wordcount run; returns events, seconds, cpu_seconds, rss_mb and the app id.
+    """One timed run; returns events, seconds, cpu_seconds, rss_mb and the app id.
 
-    ``profile``: attach py-spy to the worker for the timed interval and write its raw
-    collapsed stacks there (it samples from outside, but takes CPU the worker then lacks, so a
-    profiled run's time is not used as a measurement).
+    ``job``: ``wordcount`` (lag 0 on input and repartition topics; the table checked against
+    the truth) or the stateless ``tokenize`` (lag 0 on the input; its output topic must hold
+    one record per line whose words add up to the truth). ``metrics=False`` runs with
+    ``SLUICE_METRICS_ENABLED=false``. ``profile``: attach py-spy to the worker for the timed
+    interval and write its raw collapsed stacks there (it samples from outside, but takes CPU
+    the worker then lacks, so a profiled run's time is not used as a measurement).
     """
-    worker = new_worker(bootstrap, dataset, workdir).start()
+    worker = new_worker(bootstrap, dataset, workdir, prefix=f"bench-{job[:5]}")
+    output = f"{worker.app_id}-out"
+    worker.extra_env["SLUICE_JOBS"] = job
+    worker.extra_env["SLUICE_METRICS_ENABLED"] = "true" if metrics else "false"
+    topics = [worker.input_topic]
+    if job == "wordcount":
+        topics.append(worker.repartition_topic)
+    else:
+        worker.extra_env["SLUICE_TOKENIZE_INPUT_TOPIC"] = dataset.topic
+        worker.extra_env["SLUICE_TOKENIZE_OUTPUT_TOPIC"] = output
+    worker.start()
     spy: subprocess.Popen[bytes] | None = None
     try:
         t0 = worker.wait_ready()
         cpu0 = cpu_seconds(worker.pid)
         if profile is not None:
             spy = _start_py_spy(worker.pid, profile)
-        t1 = asyncio.run(_wait_caught_up(worker, timeout))
+        t1 = asyncio.run(_wait_caught_up(worker, topics, timeout))
         cpu1 = cpu_seconds(worker.pid)
         rss = rss_mb(worker.pid)
     finally:
@@ -197,8 +252,10 @@ def run_wordcount(
         code = worker.stop()
     if code != 0:
         raise BenchError(f"sluice worker {worker.app_id} exited {code} on SIGTERM:\n{worker.tail()}")
-    if check:
+    if check and job == "wordcount":
         check_table(bootstrap, worker.app_id, dataset.truth)
+    elif check:
+        check_tokens(bootstrap, output, dataset)
     return {
         "events": dataset.events,
         "seconds": t1 - t0,
