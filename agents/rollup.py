@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from service.job import BadRecord, Job, Outputs
-from tables.positions import Origin
+from tables.positions import Origin, Positions
 from tables.rollup import ROLLUP_TOTALS, ROLLUP_WINDOWS
 from tables.table import META_PREFIX, TablePartition
 
@@ -141,7 +141,7 @@ class RollupProcessor:
             self.windows.delete(wkey)
 
 
-def _last_origin(positions: dict[str, tuple[int, int]]) -> Origin:
+def _last_origin(positions: Positions) -> Origin:
     """Some origin that contributed to a window, for the output's source headers."""
     source, (offset, index) = max(positions.items(), key=lambda item: item[1])
     return Origin(source, offset, index, 0)

@@ -122,6 +122,7 @@ class Engine:
         self._producer: AIOKafkaProducer | None = None
         self._stopping = asyncio.Event()
         self._route_key = lru_cache(maxsize=1 << 16)(self._route_key_uncached)
+        self._output_partition = lru_cache(maxsize=1 << 16)(partition_for_key)
         rate = settings.max_rate_per_partition
         self._limiter = RateLimiter(rate) if rate else None
         self._metrics_on = settings.metrics_enabled
@@ -436,7 +437,7 @@ class Engine:
             kb = key.encode()
             source_topic, _, source_partition = origin.source.rpartition(":")
             headers = _source_headers(source_topic, source_partition, origin.offset)
-            sender.add(topic, partition_for_key(kb, n), kb, orjson.dumps(value), headers)
+            sender.add(topic, self._output_partition(kb, n), kb, orjson.dumps(value), headers)
         part.outputs.records.clear()
 
     def _dead_letter(self, job: Job, record: Any, reason: str, detail: str, sender: Sender) -> None:
@@ -574,6 +575,8 @@ class Engine:
         self.state = "restoring"
         every_table = [t for part in self.parts.values() for t in part.tables.values()]
         await restore(self.settings, self.metrics, every_table)
+        for table in every_table:
+            table.forget_cache()
         for part in self.parts.values():
             assert part.job.processor is not None, f"job {part.job.name} has tables but no processor"
             part.processor = part.job.processor(part.tables)

@@ -25,7 +25,6 @@ def encode_row(row: Row, schema: str) -> bytes:
 
 
 def decode_row(data: bytes) -> tuple[str, Row]:
-    """Return the schema tag and the row; positions come back as tuples."""
+    """Return the schema tag and the row (positions as ``[offset, seq]`` pairs)."""
     doc = orjson.loads(data)
-    positions = {src: (pos[0], pos[1]) for src, pos in doc["p"].items()}
-    return doc.get("s", ""), Row(doc["v"], positions)
+    return doc.get("s", ""), Row(doc["v"], doc["p"])

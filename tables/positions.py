@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-Positions = dict[str, tuple[int, int]]
-"""``{"topic:partition": (offset, index)}``: the last origin applied, per source partition."""
+Positions = dict[str, list[int]]
+"""``{"topic:partition": [offset, index]}``: the last origin applied, per source partition
+(lists, as JSON decodes them, so a row read from RocksDB needs no conversion)."""
 
 
 class Origin(NamedTuple):
@@ -30,8 +31,8 @@ class Origin(NamedTuple):
     timestamp_ms: int
 
     @property
-    def position(self) -> tuple[int, int]:
-        return (self.offset, self.seq)
+    def position(self) -> list[int]:
+        return [self.offset, self.seq]
 
 
 def source_key(topic: str, partition: int) -> str:
@@ -41,4 +42,7 @@ def source_key(topic: str, partition: int) -> str:
 def is_new(positions: Positions, origin: Origin) -> bool:
     """True when ``origin`` is newer than anything the row applied from the same source partition."""
     last = positions.get(origin.source)
-    return last is None or (origin.offset, origin.seq) > last
+    if last is None:
+        return True
+    offset = origin.offset
+    return offset > last[0] or (offset == last[0] and origin.seq > last[1])

@@ -44,19 +44,40 @@ class TableSpec:
 class TablePartition:
     """One partition of a table on this worker: reads, guarded updates, pending changes."""
 
-    def __init__(self, spec: TableSpec, partition: int, store: PartitionStore) -> None:
+    def __init__(
+        self, spec: TableSpec, partition: int, store: PartitionStore, cache_rows: int = 200_000
+    ) -> None:
         self.spec = spec
         self.partition = partition
         self.store = store
         self.pending: dict[str, Row | None] = {}
         """Rows changed since the last persist, in change order; ``None`` is a delete."""
+        self._cache: dict[str, Row | None] = {}
+        """Decoded persisted rows (``None``: known absent), so a hot key costs no RocksDB read
+        and no JSON decode per update. Only persisted rows enter it; bounded by ``cache_rows``."""
+        self.cache_rows = cache_rows
         self.duplicates_skipped = 0
 
     def row(self, key: str) -> Row | None:
         if key in self.pending:
             return self.pending[key]
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
         raw = self.store.get(key.encode())
-        return decode_row(raw)[1] if raw is not None else None
+        row = decode_row(raw)[1] if raw is not None else None
+        self._remember(key, row)
+        return row
+
+    def forget_cache(self) -> None:
+        """Drop decoded rows: the store was written behind this object's back (a restore)."""
+        self._cache.clear()
+
+    def _remember(self, key: str, row: Row | None) -> None:
+        if len(self._cache) >= self.cache_rows:
+            self._cache.clear()  # cheap and rare: the working set refills it
+        self._cache[key] = row
 
     def get(self, key: str) -> Any:
         row = self.row(key)
@@ -101,6 +122,8 @@ class TablePartition:
     def persist(self, records: list[tuple[bytes, bytes | None]], changelog_offset: int) -> None:
         """The changelog acknowledged ``records`` up to ``changelog_offset``: make them local."""
         self.store.write(records, changelog_offset, self.spec.schema)
+        for key, row in self.pending.items():
+            self._remember(key, row)
         self.pending.clear()
 
     def rows(self) -> Iterator[tuple[str, Row]]:

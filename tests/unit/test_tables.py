@@ -28,7 +28,7 @@ def table(tmp_path: Path) -> TablePartition:
 
 
 def test_guard_orders_by_offset_then_index() -> None:
-    positions = {"lines:0": (10, 1)}
+    positions = {"lines:0": [10, 1]}
     assert not is_new(positions, origin(10, 1))
     assert not is_new(positions, origin(9, 5))
     assert is_new(positions, origin(10, 2))
@@ -37,7 +37,7 @@ def test_guard_orders_by_offset_then_index() -> None:
 
 
 def test_codec_round_trip() -> None:
-    row = Row({"a": 1}, {"lines:0": (3, 1)})
+    row = Row({"a": 1}, {"lines:0": [3, 1]})
     assert decode_row(encode_row(row, "s1")) == ("s1", row)
 
 
@@ -61,7 +61,7 @@ def test_local_store_only_sees_persisted_changes(table: TablePartition, tmp_path
     table.store.close()
     reopened = TablePartition(SPEC, 0, PartitionStore(tmp_path / "t0"))
     assert reopened.get("w") == 7
-    assert reopened.row("w") == Row(7, {"lines:0": (1, 0)})
+    assert reopened.row("w") == Row(7, {"lines:0": [1, 0]})
     assert reopened.update("w", origin(1), lambda n: 0) is None
 
 
