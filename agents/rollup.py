@@ -111,7 +111,7 @@ class RollupProcessor:
 
     def apply(self, key: str, payload: Any, origin: Origin, out: Outputs) -> None:
         number, ts = payload
-        self.totals.update(key, origin, lambda figures: fold(figures, number))
+        self.totals.update(key, origin, fold, number)
         if ts > self.stream_time:
             self.stream_time = ts
         start = window_start(ts)
@@ -120,7 +120,7 @@ class RollupProcessor:
             return
         wkey = window_key(start, key)
         is_open = self.windows.row(wkey) is not None
-        applied = self.windows.update(wkey, origin, lambda figures: fold(figures, number))
+        applied = self.windows.update(wkey, origin, fold, number)
         if applied is not None and not is_open:
             heapq.heappush(self.open, (start, key))
 

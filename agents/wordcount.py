@@ -7,6 +7,7 @@ word's count and the count is exact whatever partition a line arrived on.
 
 from __future__ import annotations
 
+import operator
 import re
 from collections import Counter
 from typing import Any
@@ -50,7 +51,7 @@ class WordCountProcessor:
         self.counts = tables[WORDCOUNT.name]
 
     def apply(self, key: str, payload: Any, origin: Origin, out: Outputs) -> None:
-        count = self.counts.update(key, origin, lambda current: add(current, payload))
+        count = self.counts.update(key, origin, add, payload)
         if count is not None:
             out.emit(key, key, update_record(key, count), origin)
 
@@ -66,4 +67,5 @@ def build(input_topic: str = INPUT_TOPIC, output_topic: str = OUTPUT_TOPIC) -> J
         tables=(WORDCOUNT,),
         split=split,
         processor=WordCountProcessor,
+        combine=operator.add,
     )

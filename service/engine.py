@@ -337,6 +337,8 @@ class Engine:
         """Stage 1: decode, validate, route each update to the partition owning its key."""
         limit = self.settings.max_record_bytes
         per_target: dict[int, list[list[Any]]] = {}
+        combine = job.combine
+        combined: dict[int, dict[str, list[Any]]] = {}  # target -> key -> [payload, parts]
         for record in records:
             value = record.value
             if value is None:
@@ -357,6 +359,16 @@ class Engine:
             if not job.tables:  # stateless: no table, no repartition; forward the parsed record
                 self._forward(job, record, updates, sender)
                 continue
+            if combine is not None:
+                offset = record.offset
+                for index, (key, payload) in enumerate(updates):
+                    slot = combined.setdefault(self._route_key(key), {}).get(key)
+                    if slot is None:
+                        combined[self._route_key(key)][key] = [payload, [[offset, index, payload]]]
+                    else:
+                        slot[0] = combine(slot[0], payload)
+                        slot[1].append([offset, index, payload])
+                continue
             for index, (key, payload) in enumerate(updates):
                 entries = per_target.setdefault(self._route_key(key), [])
                 if entries and entries[-1][0] == record.offset:
@@ -367,6 +379,12 @@ class Engine:
         for target, entries in per_target.items():
             for chunk in _chunks(tp, entries):
                 sender.add(topic, target, None, chunk)
+        if combined:
+            ts = records[0].timestamp
+            for target, by_key in combined.items():
+                rows = [[key, slot[0], slot[1]] for key, slot in by_key.items()]
+                for chunk in _chunks(tp, rows, ts=ts):
+                    sender.add(topic, target, None, chunk)
         if self._metrics_on:
             self.metrics.events_processed.labels(job.name, tp.topic, str(tp.partition)).inc(len(records))
 
@@ -409,9 +427,23 @@ class Engine:
         out = part.outputs
         now_ms = time.time() * 1000
         latency = self.metrics.event_latency.labels(part.job.name)
+        combine = part.job.combine
         for record in records:
             doc = orjson.loads(record.value)
             source = f"{doc['t']}:{doc['p']}"
+            if "c" in doc:  # combined: one update per key, standing for the listed origins
+                ts = doc["ts"]
+                for key, payload, parts in doc["c"]:
+                    last = parts[-1]
+                    origin = Origin(source, last[0], last[1], ts, parts, combine)
+                    try:
+                        processor.apply(key, payload, origin, out)
+                    except Exception as exc:
+                        log.exception("job code failed on an update", extra={"job": part.job.name})
+                        self._dead_letter_update(part.job, origin, key, payload, repr(exc), sender)
+                if self._metrics_on:
+                    latency.observe(max(0.0, (now_ms - ts) / 1000))
+                continue
             entries = doc["e"]
             for offset, ts, updates in entries:
                 for key, payload, index in updates:
@@ -697,13 +729,23 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.engine.on_assigned(assigned)
 
 
-def _chunks(tp: TopicPartition, entries: list[list[Any]]) -> list[bytes]:
-    """Encode a source partition's updates for one target, split below the record limit."""
-    value = orjson.dumps({"t": tp.topic, "p": tp.partition, "e": entries})
+def _chunks(tp: TopicPartition, entries: list[list[Any]], ts: int | None = None) -> list[bytes]:
+    """Encode a source partition's updates for one target, split below the record limit.
+
+    ``{"e": [[offset, ts, [[key, payload, seq], ...]], ...]}`` per event, or, for a job with
+    ``combine``, ``{"c": [[key, payload, [[offset, seq, payload], ...]], ...], "ts": ts}``.
+    """
+    doc: dict[str, Any] = {"t": tp.topic, "p": tp.partition}
+    if ts is None:
+        doc["e"] = entries
+    else:
+        doc["c"] = entries
+        doc["ts"] = ts
+    value = orjson.dumps(doc)
     if len(value) <= MAX_REPARTITION_RECORD or len(entries) == 1:
         return [value]
     half = len(entries) // 2
-    return _chunks(tp, entries[:half]) + _chunks(tp, entries[half:])
+    return _chunks(tp, entries[:half], ts) + _chunks(tp, entries[half:], ts)
 
 
 def _where(job: Job, record: Any) -> dict[str, Any]:

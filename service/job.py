@@ -76,6 +76,10 @@ class Job:
     split: Split
     processor: Callable[[dict[str, TablePartition]], Processor] | None = None
     """Builds the stage-2 processor over one partition of each of the job's tables."""
+    combine: Callable[[Any, Any], Any] | None = None
+    """An associative merge of two payloads of one key (wordcount: ``+``). With it, stage 1
+    sends one update per key per fetched batch instead of one per event, listing the origins it
+    stands for, so stage 2 folds each key once per batch; the guard still sees every origin."""
     input_pattern: str | None = None
     """A regex of input topics, instead of ``input_topic``; matching topics created later are
     picked up at the next metadata refresh, without a restart."""

@@ -15,7 +15,8 @@ committed offset, and everything before a committed offset has been acknowledged
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 Positions = dict[str, list[int]]
 """``{"topic:partition": [offset, index]}``: the last origin applied, per source partition
@@ -23,12 +24,20 @@ Positions = dict[str, list[int]]
 
 
 class Origin(NamedTuple):
-    """The source record an update comes from."""
+    """The source record an update comes from.
+
+    A *combined* update (see :class:`service.job.Job`'s ``combine``) stands for several updates
+    of one key from one source partition: ``parts`` lists each one's ``[offset, seq, payload]``
+    in ascending order, ``offset``/``seq`` are the last one's, and ``combine`` merges payloads.
+    The guard then applies all of them, none, or exactly the ones it has not seen.
+    """
 
     source: str  # "topic:partition"
     offset: int
     seq: int
     timestamp_ms: int
+    parts: list[list[Any]] | None = None
+    combine: Callable[[Any, Any], Any] | None = None
 
     @property
     def position(self) -> list[int]:

@@ -41,10 +41,18 @@ def claim_data_dir(data_dir: Path, app_id: str) -> None:
     tmp.replace(marker)
 
 
+WRITE_BUFFER_BYTES = 8 * 1024 * 1024
+"""Per partition store. RocksDB's default (64 MiB, two of them) times a dozen table partitions
+per worker is most of a gigabyte of memtables; the changelog, not the memtable, is what makes
+writes durable here, so small buffers cost little."""
+
+
 def _options() -> Options:
     opts = Options(raw_mode=True)
     opts.create_if_missing(True)
     opts.increase_parallelism(2)
+    opts.set_write_buffer_size(WRITE_BUFFER_BYTES)
+    opts.set_max_write_buffer_number(2)
     return opts
 
 

@@ -45,7 +45,7 @@ class TablePartition:
     """One partition of a table on this worker: reads, guarded updates, pending changes."""
 
     def __init__(
-        self, spec: TableSpec, partition: int, store: PartitionStore, cache_rows: int = 200_000
+        self, spec: TableSpec, partition: int, store: PartitionStore, cache_rows: int = 50_000
     ) -> None:
         self.spec = spec
         self.partition = partition
@@ -83,10 +83,10 @@ class TablePartition:
         row = self.row(key)
         return row.value if row is not None else None
 
-    def update(self, key: str, origin: Origin, fn: Callable[[Any], Any]) -> Any:
-        """Apply ``fn`` to the row unless it already applied ``origin``; return the new value.
-
-        Returns ``None`` when the update was a duplicate. ``fn`` receives ``None`` for a new row.
+    def update(self, key: str, origin: Origin, fold: Callable[[Any, Any], Any], payload: Any) -> Any:
+        """Set the row to ``fold(current, payload)`` unless it already applied ``origin``; return
+        the new value, or ``None`` when the update was a duplicate. ``current`` is ``None`` for
+        a new row. A combined origin applies only its parts the row has not seen.
         """
         row = self.row(key)
         if row is None:
@@ -94,14 +94,29 @@ class TablePartition:
             current = None
         else:
             if not is_new(row.positions, origin):
-                self.duplicates_skipped += 1
+                self.duplicates_skipped += len(origin.parts) if origin.parts else 1
                 return None
+            if origin.parts is not None:
+                payload = self._unseen(row.positions.get(origin.source), origin, payload)
             positions = dict(row.positions)
             current = row.value
-        value = fn(current)
+        value = fold(current, payload)
         positions[origin.source] = origin.position
         self.pending[key] = Row(value, positions)
         return value
+
+    def _unseen(self, last: list[int] | None, origin: Origin, payload: Any) -> Any:
+        """The combined payload of the parts after ``last`` (all of them in the usual case)."""
+        parts = origin.parts
+        assert parts is not None and origin.combine is not None
+        if last is None or parts[0][0] > last[0] or (parts[0][0] == last[0] and parts[0][1] > last[1]):
+            return payload
+        fresh = [p for p in parts if p[0] > last[0] or (p[0] == last[0] and p[1] > last[1])]
+        self.duplicates_skipped += len(parts) - len(fresh)
+        combined = fresh[0][2]
+        for part in fresh[1:]:
+            combined = origin.combine(combined, part[2])
+        return combined
 
     def put(self, key: str, value: Any) -> None:
         """Set a bookkeeping row (stream time, offsets) that is not guarded by origin."""

@@ -42,17 +42,36 @@ def test_codec_round_trip() -> None:
 
 
 def test_replayed_update_is_skipped_and_counted(table: TablePartition) -> None:
-    add = lambda n: (n or 0) + 1  # noqa: E731
-    assert table.update("w", origin(5), add) == 1
-    assert table.update("w", origin(5), add) is None
-    assert table.update("w", origin(4), add) is None
-    assert table.update("w", origin(5, 1), add) == 2
-    assert table.update("w", origin(0, source="lines:1"), add) == 3
+    def add(n: int | None, k: int) -> int:
+        return (n or 0) + k
+
+    assert table.update("w", origin(5), add, 1) == 1
+    assert table.update("w", origin(5), add, 1) is None
+    assert table.update("w", origin(4), add, 1) is None
+    assert table.update("w", origin(5, 1), add, 1) == 2
+    assert table.update("w", origin(0, source="lines:1"), add, 1) == 3
     assert table.duplicates_skipped == 2
 
 
+def test_combined_update_applies_only_unseen_parts(table: TablePartition) -> None:
+    def add(n: int | None, k: int) -> int:
+        return (n or 0) + k
+
+    def combined(parts: list[list[int]]) -> Origin:
+        last = parts[-1]
+        return Origin("lines:0", last[0], last[1], 0, [list(p) for p in parts], lambda a, b: a + b)
+
+    first = [[10, 0, 2], [11, 3, 1], [12, 0, 4]]
+    assert table.update("w", combined(first), add, 7) == 7
+    assert table.update("w", combined(first), add, 7) is None  # a replay of the same batch
+    # A replay fetched in other batches: [11..13] overlaps; only (13, 1) is new.
+    assert table.update("w", combined([[11, 3, 1], [12, 0, 4], [13, 1, 5]]), add, 10) == 12
+    assert table.row("w") is not None and table.row("w").positions["lines:0"] == [13, 1]  # type: ignore[union-attr]
+    assert table.duplicates_skipped == 3 + 2
+
+
 def test_local_store_only_sees_persisted_changes(table: TablePartition, tmp_path: Path) -> None:
-    table.update("w", origin(1), lambda n: 7)
+    table.update("w", origin(1), lambda n, v: v, 7)
     assert table.store.get(b"w") is None  # pending until the changelog acknowledged it
     records = list(table.changelog_records())
     table.persist(records, changelog_offset=41)
@@ -62,12 +81,12 @@ def test_local_store_only_sees_persisted_changes(table: TablePartition, tmp_path
     reopened = TablePartition(SPEC, 0, PartitionStore(tmp_path / "t0"))
     assert reopened.get("w") == 7
     assert reopened.row("w") == Row(7, {"lines:0": [1, 0]})
-    assert reopened.update("w", origin(1), lambda n: 0) is None
+    assert reopened.update("w", origin(1), lambda n, v: v, 0) is None
 
 
 def test_delete_and_put_go_last_in_changelog_order(table: TablePartition) -> None:
-    table.update("a", origin(1), lambda _: 1)
-    table.update("b", origin(2), lambda _: 1)
+    table.update("a", origin(1), lambda n, v: v, 1)
+    table.update("b", origin(2), lambda n, v: v, 1)
     table.put("\x00meta", 5)
     table.delete("a")
     assert [k for k, _ in table.changelog_records()] == [b"b", b"\x00meta", b"a"]
