@@ -33,7 +33,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -429,32 +429,15 @@ class Engine:
         latency = self.metrics.event_latency.labels(part.job.name)
         combine = part.job.combine
         for record in records:
-            doc = orjson.loads(record.value)
-            source = f"{doc['t']}:{doc['p']}"
-            if "c" in doc:  # combined: one update per key, standing for the listed origins
-                ts = doc["ts"]
-                for key, payload, parts in doc["c"]:
-                    last = parts[-1]
-                    origin = Origin(source, last[0], last[1], ts, parts, combine)
-                    try:
-                        processor.apply(key, payload, origin, out)
-                    except Exception as exc:
-                        log.exception("job code failed on an update", extra={"job": part.job.name})
-                        self._dead_letter_update(part.job, origin, key, payload, repr(exc), sender)
-                if self._metrics_on:
-                    latency.observe(max(0.0, (now_ms - ts) / 1000))
-                continue
-            entries = doc["e"]
-            for offset, ts, updates in entries:
-                for key, payload, index in updates:
-                    origin = Origin(source, offset, index, ts)
-                    try:
-                        processor.apply(key, payload, origin, out)
-                    except Exception as exc:
-                        log.exception("job code failed on an update", extra={"job": part.job.name})
-                        self._dead_letter_update(part.job, origin, key, payload, repr(exc), sender)
+            first_ts, updates = _decode_updates(orjson.loads(record.value), combine)
+            for key, payload, origin in updates:
+                try:
+                    processor.apply(key, payload, origin, out)
+                except Exception as exc:
+                    log.exception("job code failed on an update", extra={"job": part.job.name})
+                    self._dead_letter_update(part.job, origin, key, payload, repr(exc), sender)
             if self._metrics_on:
-                latency.observe(max(0.0, (now_ms - entries[0][1]) / 1000))
+                latency.observe(max(0.0, (now_ms - first_ts) / 1000))
         # Every table of the job records the position: their changelogs are separate topics, so a
         # crash can leave one table's batch durable and another's not. Resuming from the lowest
         # position re-reads what the lagging table lacks; the guard skips it in the others.
@@ -727,6 +710,25 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         await self.engine.on_assigned(assigned)
+
+
+def _decode_updates(
+    doc: dict[str, Any], combine: Callable[[Any, Any], Any] | None
+) -> tuple[int, Iterator[tuple[str, Any, Origin]]]:
+    """The updates of one repartition record (see :func:`_chunks`) and its first event time."""
+    source = f"{doc['t']}:{doc['p']}"
+    if "c" in doc:  # combined: one update per key, standing for the listed origins
+        ts = doc["ts"]
+        return ts, (
+            (key, payload, Origin(source, parts[-1][0], parts[-1][1], ts, parts, combine))
+            for key, payload, parts in doc["c"]
+        )
+    entries = doc["e"]
+    return entries[0][1], (
+        (key, payload, Origin(source, offset, index, ts))
+        for offset, ts, updates in entries
+        for key, payload, index in updates
+    )
 
 
 def _chunks(tp: TopicPartition, entries: list[list[Any]], ts: int | None = None) -> list[bytes]:
