@@ -20,6 +20,7 @@ a file path, see :mod:`service.devbroker.security`).
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import os
@@ -30,6 +31,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
@@ -426,12 +428,35 @@ class LocalCluster:
                 if accepts_connections(self.port_of(node_id)):
                     pending.remove(node_id)
             if not pending:
+                self._wait_registered(node_ids, deadline)
                 return
             if time.monotonic() >= deadline:
                 tails = "\n".join(self._log_tail(node_id) for node_id in pending)
                 raise OperationError(
                     f"Kafka node(s) {pending} did not accept connections within "
                     f"{self.start_timeout:.0f} s\n{tails}"
+                )
+            time.sleep(_POLL_SECONDS)
+
+    def _wait_registered(self, node_ids: tuple[int, ...], deadline: float) -> None:
+        """On a multi-node cluster, wait until each started node's metadata lists every node.
+
+        A broker opens its client port once it is unfenced, but its peers may reach its
+        metadata cache a moment later: a client asking right after "ready" could see two of
+        three brokers. Plaintext clusters only; secured ones are ready when their ports are.
+        """
+        if self.brokers == 1 or self.tls or self.sasl_scram:
+            return
+        while True:
+            # In a thread of its own: callers may be inside an event loop (async tests).
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                seen = [pool.submit(asyncio.run, _brokers_seen(self.port_of(n))).result() for n in node_ids]
+            if all(count >= self.brokers for count in seen):
+                return
+            if time.monotonic() >= deadline:
+                raise OperationError(
+                    f"Kafka node(s) {list(node_ids)} list {seen} of {self.brokers} brokers after "
+                    f"{self.start_timeout:.0f} s"
                 )
             time.sleep(_POLL_SECONDS)
 
@@ -474,3 +499,18 @@ def _kill_stale(layout: Layout, node_id: int) -> None:
         while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
             time.sleep(_POLL_SECONDS)
     pid_file.unlink(missing_ok=True)
+
+
+async def _brokers_seen(port: int) -> int:
+    """How many brokers the node on ``port`` reports in its metadata (0 if it cannot answer)."""
+    from aiokafka.client import AIOKafkaClient
+    from aiokafka.errors import KafkaError
+
+    client = AIOKafkaClient(bootstrap_servers=f"{HOST}:{port}", request_timeout_ms=5000)
+    try:
+        await client.bootstrap()
+        return len(client.cluster.brokers())
+    except (KafkaError, OSError):
+        return 0
+    finally:
+        await client.close()
