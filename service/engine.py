@@ -97,7 +97,6 @@ class Engine:
         self.metrics = metrics
         self.state = "starting"
         self.fatal: BaseException | None = None
-        self.loop_heartbeat = time.monotonic()
         self.routes: dict[str, Route] = {}
         for job in self.jobs:
             if job.input_pattern is None:
@@ -202,7 +201,6 @@ class Engine:
         try:
             while not self._stopping.is_set():
                 self._raise_fatal()
-                self.loop_heartbeat = time.monotonic()
                 fetch = asyncio.ensure_future(
                     consumer.getmany(timeout_ms=500, max_records=self.settings.max_batch)
                 )
@@ -716,7 +714,7 @@ def _decode_updates(
     doc: dict[str, Any], combine: Callable[[Any, Any], Any] | None
 ) -> tuple[int, Iterator[tuple[str, Any, Origin]]]:
     """The updates of one repartition record (see :func:`_chunks`) and its first event time."""
-    source = f"{doc['t']}:{doc['p']}"
+    source = offset_key(doc["t"], doc["p"])
     if "c" in doc:  # combined: one update per key, standing for the listed origins
         ts = doc["ts"]
         return ts, (

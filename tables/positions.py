@@ -44,10 +44,6 @@ class Origin(NamedTuple):
         return [self.offset, self.seq]
 
 
-def source_key(topic: str, partition: int) -> str:
-    return f"{topic}:{partition}"
-
-
 def is_new(positions: Positions, origin: Origin) -> bool:
     """True when ``origin`` is newer than anything the row applied from the same source partition."""
     last = positions.get(origin.source)

@@ -142,8 +142,11 @@ async def read_all(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes
     return out
 
 
-async def group_lag(bootstrap: str, group: str, topics: list[str]) -> int:
-    """Total of log-end minus committed over every partition of ``topics`` (missing = whole log)."""
+async def group_offsets(
+    bootstrap: str, group: str, topics: list[str]
+) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
+    """(committed offset, log-end offset) per partition of ``topics``; a partition without a
+    committed offset is absent from the first."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -160,11 +163,14 @@ async def group_lag(bootstrap: str, group: str, topics: list[str]) -> int:
         ends = await consumer.end_offsets(tps)
     finally:
         await consumer.stop()
-    lag = 0
-    for tp in tps:
-        done = committed.get(tp)
-        lag += ends[tp] - (done.offset if done is not None and done.offset >= 0 else 0)
-    return lag
+    done = {tp: meta.offset for tp, meta in committed.items() if tp in ends and meta.offset >= 0}
+    return done, ends
+
+
+async def group_lag(bootstrap: str, group: str, topics: list[str]) -> int:
+    """Total of log-end minus committed over every partition of ``topics`` (missing = whole log)."""
+    done, ends = await group_offsets(bootstrap, group, topics)
+    return sum(end - done.get(tp, 0) for tp, end in ends.items())
 
 
 def wait_caught_up(bootstrap: str, group: str, topics: list[str], timeout: float = 120) -> None:

@@ -24,12 +24,10 @@ import threading
 import time
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.fault.test_exact_state import Deployment
 from tests.fault.workload import Traffic, make_event, make_line
-from tests.harness import WorkerProcess, changelog_table, produce
+from tests.harness import WorkerProcess, changelog_table, group_offsets, produce
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
@@ -68,24 +66,9 @@ def sigterm_and_time(worker: WorkerProcess, timeout: float) -> tuple[int, float]
 
 async def offsets(bootstrap: str, group: str, topics: list[str]) -> tuple[dict[str, int], dict[str, int]]:
     """({"topic:partition": committed}, {"topic:partition": log end}) over ``topics``."""
-    tps = [TopicPartition(t, p) for t in topics for p in range(PARTITIONS)]
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        ends = await consumer.end_offsets(tps)
-    finally:
-        await consumer.stop()
+    done, ends = await group_offsets(bootstrap, group, topics)
     key = "{0.topic}:{0.partition}".format
-    return (
-        {key(tp): committed[tp].offset for tp in tps if tp in committed and committed[tp].offset >= 0},
-        {key(tp): ends[tp] for tp in tps},
-    )
+    return {key(tp): offset for tp, offset in done.items()}, {key(tp): end for tp, end in ends.items()}
 
 
 def metric_sum(worker: WorkerProcess, name: str, labels: str = "") -> float:
