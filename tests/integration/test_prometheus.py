@@ -100,12 +100,13 @@ def test_every_dashboard_and_alert_query_returns_series(prom: Prometheus, deploy
         prom.wait_value(processed, lambda v: v > before, 30, "events processed rising")
         # kill -9 until a restart replays something the tables already hold (the kill must land
         # between a batch's repartition records and its offsets being durable; usually the first
-        # does). The first restart has an empty disk: it restores its tables from the changelog.
+        # does). Every restart has an empty disk, so the worker Prometheus scrapes last has restored
+        # its tables from the changelog (a restart on its own disk may restore nothing).
         while restarts < 8 and (restarts == 0 or _metric(worker, "sluice_duplicates_skipped_total") == 0):
             time.sleep(1.5)
             worker.kill(signal.SIGKILL)
             restarts += 1
-            worker = same_port(d.worker("w1", SLUICE_INSTANCE_ID="w"), port).start()
+            worker = same_port(d.worker(f"w{restarts}", SLUICE_INSTANCE_ID="w"), port).start()
             worker.wait_ready(90)
             time.sleep(2)
     finally:
