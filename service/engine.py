@@ -33,7 +33,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -51,6 +51,8 @@ from service.kafka.client_config import client_kwargs
 from service.kafka.murmur2 import partition_for_key
 from service.metrics import Metrics
 from service.ratelimit import RateLimiter
+from service.repartition import decode as decode_repartition
+from service.repartition import encode as encode_repartition
 from service.restore import restore
 from service.settings import OnOffsetAhead, ProcessingGuarantee, Settings
 from service.standby import StandbyAssignor, StandbyReplicator
@@ -62,9 +64,6 @@ from tables.store import PartitionStore, claim_data_dir
 from tables.table import TablePartition
 
 log = logging.getLogger(__name__)
-
-MAX_REPARTITION_RECORD = 256 * 1024
-"""Split a micro-batched repartition record beyond this many bytes (broker limit is 1 MiB)."""
 
 
 @dataclass
@@ -334,9 +333,7 @@ class Engine:
     def _split(self, job: Job, tp: TopicPartition, records: list[Any], sender: Sender) -> None:
         """Stage 1: decode, validate, route each update to the partition owning its key."""
         limit = self.settings.max_record_bytes
-        per_target: dict[int, list[list[Any]]] = {}
-        combine = job.combine
-        combined: dict[int, dict[str, list[Any]]] = {}  # target -> key -> [payload, parts]
+        per_target: dict[int, list[list[Any]]] = {}  # target -> entries (service.repartition)
         for record in records:
             value = record.value
             if value is None:
@@ -357,16 +354,6 @@ class Engine:
             if not job.tables:  # stateless: no table, no repartition; forward the parsed record
                 self._forward(job, record, updates, sender)
                 continue
-            if combine is not None:
-                offset = record.offset
-                for index, (key, payload) in enumerate(updates):
-                    slot = combined.setdefault(self._route_key(key), {}).get(key)
-                    if slot is None:
-                        combined[self._route_key(key)][key] = [payload, [[offset, index, payload]]]
-                    else:
-                        slot[0] = combine(slot[0], payload)
-                        slot[1].append([offset, index, payload])
-                continue
             for index, (key, payload) in enumerate(updates):
                 entries = per_target.setdefault(self._route_key(key), [])
                 if entries and entries[-1][0] == record.offset:
@@ -375,14 +362,8 @@ class Engine:
                     entries.append([record.offset, record.timestamp, [[key, payload, index]]])
         topic = job.repartition_topic(self.settings.app_id)
         for target, entries in per_target.items():
-            for chunk in _chunks(tp, entries):
-                sender.add(topic, target, None, chunk)
-        if combined:
-            ts = records[0].timestamp
-            for target, by_key in combined.items():
-                rows = [[key, slot[0], slot[1]] for key, slot in by_key.items()]
-                for chunk in _chunks(tp, rows, ts=ts):
-                    sender.add(topic, target, None, chunk)
+            for value, headers in encode_repartition(tp.topic, tp.partition, entries, job.combine):
+                sender.add(topic, target, None, value, headers)
         if self._metrics_on:
             self.metrics.events_processed.labels(job.name, tp.topic, str(tp.partition)).inc(len(records))
 
@@ -427,7 +408,7 @@ class Engine:
         latency = self.metrics.event_latency.labels(part.job.name)
         combine = part.job.combine
         for record in records:
-            first_ts, updates = _decode_updates(orjson.loads(record.value), combine)
+            first_ts, updates = decode_repartition(record.value, record.headers, combine)
             for key, payload, origin in updates:
                 try:
                     processor.apply(key, payload, origin, out)
@@ -708,44 +689,6 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         await self.engine.on_assigned(assigned)
-
-
-def _decode_updates(
-    doc: dict[str, Any], combine: Callable[[Any, Any], Any] | None
-) -> tuple[int, Iterator[tuple[str, Any, Origin]]]:
-    """The updates of one repartition record (see :func:`_chunks`) and its first event time."""
-    source = offset_key(doc["t"], doc["p"])
-    if "c" in doc:  # combined: one update per key, standing for the listed origins
-        ts = doc["ts"]
-        return ts, (
-            (key, payload, Origin(source, parts[-1][0], parts[-1][1], ts, parts, combine))
-            for key, payload, parts in doc["c"]
-        )
-    entries = doc["e"]
-    return entries[0][1], (
-        (key, payload, Origin(source, offset, index, ts))
-        for offset, ts, updates in entries
-        for key, payload, index in updates
-    )
-
-
-def _chunks(tp: TopicPartition, entries: list[list[Any]], ts: int | None = None) -> list[bytes]:
-    """Encode a source partition's updates for one target, split below the record limit.
-
-    ``{"e": [[offset, ts, [[key, payload, seq], ...]], ...]}`` per event, or, for a job with
-    ``combine``, ``{"c": [[key, payload, [[offset, seq, payload], ...]], ...], "ts": ts}``.
-    """
-    doc: dict[str, Any] = {"t": tp.topic, "p": tp.partition}
-    if ts is None:
-        doc["e"] = entries
-    else:
-        doc["c"] = entries
-        doc["ts"] = ts
-    value = orjson.dumps(doc)
-    if len(value) <= MAX_REPARTITION_RECORD or len(entries) == 1:
-        return [value]
-    half = len(entries) // 2
-    return _chunks(tp, entries[:half], ts) + _chunks(tp, entries[half:], ts)
 
 
 def _where(job: Job, record: Any) -> dict[str, Any]:

@@ -15,39 +15,43 @@ committed offset, and everything before a committed offset has been acknowledged
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 Positions = dict[str, list[int]]
 """``{"topic:partition": [offset, index]}``: the last origin applied, per source partition
 (lists, as JSON decodes them, so a row read from RocksDB needs no conversion)."""
 
 
+class Parts(Protocol):
+    """The individual updates a combined update stands for (see :class:`Origin`)."""
+
+    def unseen(self, key: str, after: list[int]) -> tuple[Any, int]:
+        """The merged payload of ``key``'s parts after position ``after``, and how many of its
+        parts are at or before it."""
+
+
 class Origin(NamedTuple):
     """The source record an update comes from.
 
-    A *combined* update (see :class:`service.job.Job`'s ``combine``) stands for several updates
-    of one key from one source partition: ``parts`` lists each one's ``[offset, seq, payload]``
-    in ascending order, ``offset``/``seq`` are the last one's, and ``combine`` merges payloads.
-    The guard then applies all of them, none, or exactly the ones it has not seen.
+    A *combined* update (see :class:`service.job.Job`'s ``combine``) stands for ``updates``
+    updates of one key from one source partition, from position ``first`` to
+    ``(offset, seq)``. The guard applies all of them, none, or, when the row's position lies
+    between the two, exactly the ones after it, which it asks ``parts`` for.
     """
 
     source: str  # "topic:partition"
     offset: int
     seq: int
     timestamp_ms: int
-    parts: list[list[Any]] | None = None
-    combine: Callable[[Any, Any], Any] | None = None
+    first: list[int] | None = None
+    updates: int = 1
+    parts: Parts | None = None
 
     @property
     def position(self) -> list[int]:
         return [self.offset, self.seq]
 
 
-def is_new(positions: Positions, origin: Origin) -> bool:
-    """True when ``origin`` is newer than anything the row applied from the same source partition."""
-    last = positions.get(origin.source)
-    if last is None:
-        return True
-    offset = origin.offset
-    return offset > last[0] or (offset == last[0] and origin.seq > last[1])
+def after(offset: int, seq: int, last: list[int]) -> bool:
+    """True when position ``(offset, seq)`` comes after ``last`` (``[offset, seq]``)."""
+    return offset > last[0] or (offset == last[0] and seq > last[1])

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tables.codec import Row, decode_row, encode_row
-from tables.positions import Origin, is_new
+from tables.positions import Origin, after
 from tables.store import PartitionStore
 
 META_PREFIX = "\x00"
@@ -93,30 +93,22 @@ class TablePartition:
             positions = {}
             current = None
         else:
-            if not is_new(row.positions, origin):
-                self.duplicates_skipped += len(origin.parts) if origin.parts else 1
-                return None
-            if origin.parts is not None:
-                payload = self._unseen(row.positions.get(origin.source), origin, payload)
+            last = row.positions.get(origin.source)
+            if last is not None:
+                if not after(origin.offset, origin.seq, last):
+                    self.duplicates_skipped += origin.updates
+                    return None
+                first = origin.first
+                if first is not None and not after(first[0], first[1], last):
+                    assert origin.parts is not None
+                    payload, seen = origin.parts.unseen(key, last)
+                    self.duplicates_skipped += seen
             positions = dict(row.positions)
             current = row.value
         value = fold(current, payload)
         positions[origin.source] = origin.position
         self.pending[key] = Row(value, positions)
         return value
-
-    def _unseen(self, last: list[int] | None, origin: Origin, payload: Any) -> Any:
-        """The combined payload of the parts after ``last`` (all of them in the usual case)."""
-        parts = origin.parts
-        assert parts is not None and origin.combine is not None
-        if last is None or parts[0][0] > last[0] or (parts[0][0] == last[0] and parts[0][1] > last[1]):
-            return payload
-        fresh = [p for p in parts if p[0] > last[0] or (p[0] == last[0] and p[1] > last[1])]
-        self.duplicates_skipped += len(parts) - len(fresh)
-        combined = fresh[0][2]
-        for part in fresh[1:]:
-            combined = origin.combine(combined, part[2])
-        return combined
 
     def put(self, key: str, value: Any) -> None:
         """Set a bookkeeping row (stream time, offsets) that is not guarded by origin."""

@@ -10,7 +10,7 @@ from agents import rollup
 from service.errors import StateError
 from service.job import Outputs
 from tables.codec import Row, decode_row, encode_row
-from tables.positions import Origin, is_new
+from tables.positions import Origin, after
 from tables.rollup import ROLLUP_TOTALS, ROLLUP_WINDOWS
 from tables.store import PartitionStore, claim_data_dir
 from tables.table import TablePartition, TableSpec
@@ -28,12 +28,11 @@ def table(tmp_path: Path) -> TablePartition:
 
 
 def test_guard_orders_by_offset_then_index() -> None:
-    positions = {"lines:0": [10, 1]}
-    assert not is_new(positions, origin(10, 1))
-    assert not is_new(positions, origin(9, 5))
-    assert is_new(positions, origin(10, 2))
-    assert is_new(positions, origin(11, 0))
-    assert is_new(positions, origin(0, 0, source="lines:1"))
+    last = [10, 1]
+    assert not after(10, 1, last)
+    assert not after(9, 5, last)
+    assert after(10, 2, last)
+    assert after(11, 0, last)
 
 
 def test_codec_round_trip() -> None:
@@ -51,23 +50,6 @@ def test_replayed_update_is_skipped_and_counted(table: TablePartition) -> None:
     assert table.update("w", origin(5, 1), add, 1) == 2
     assert table.update("w", origin(0, source="lines:1"), add, 1) == 3
     assert table.duplicates_skipped == 2
-
-
-def test_combined_update_applies_only_unseen_parts(table: TablePartition) -> None:
-    def add(n: int | None, k: int) -> int:
-        return (n or 0) + k
-
-    def combined(parts: list[list[int]]) -> Origin:
-        last = parts[-1]
-        return Origin("lines:0", last[0], last[1], 0, [list(p) for p in parts], lambda a, b: a + b)
-
-    first = [[10, 0, 2], [11, 3, 1], [12, 0, 4]]
-    assert table.update("w", combined(first), add, 7) == 7
-    assert table.update("w", combined(first), add, 7) is None  # a replay of the same batch
-    # A replay fetched in other batches: [11..13] overlaps; only (13, 1) is new.
-    assert table.update("w", combined([[11, 3, 1], [12, 0, 4], [13, 1, 5]]), add, 10) == 12
-    assert table.row("w") is not None and table.row("w").positions["lines:0"] == [13, 1]  # type: ignore[union-attr]
-    assert table.duplicates_skipped == 3 + 2
 
 
 def test_local_store_only_sees_persisted_changes(table: TablePartition, tmp_path: Path) -> None:
