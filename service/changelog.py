@@ -46,8 +46,8 @@ async def read_table(
         enable_auto_commit=False,
         isolation_level="read_committed",
     )
-    await consumer.start()
     try:
+        await consumer.start()
         available = consumer.partitions_for_topic(topic)
         if not available:
             await consumer._client.force_metadata_update()

@@ -82,10 +82,10 @@ class TrafficGenerator:
         producer = AIOKafkaProducer(
             **client_kwargs(self.settings, client_id="sluice-traffic"), acks="all", linger_ms=20
         )
-        await producer.start()
-        started = time.monotonic()
-        tick = 0.1
         try:
+            await producer.start()
+            started = time.monotonic()
+            tick = 0.1
             while seconds is None or time.monotonic() - started < seconds:
                 n = max(1, int(self.rate * tick))
                 now_ms = int(time.time() * 1000)

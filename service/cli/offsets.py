@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 import click
 
+from service.kafka.cli_support import run_kafka
 from service.settings import Settings, load_settings
 
 _TO_HELP = "table | earliest | latest | timestamp:<epoch-ms> | offset:<n>"
@@ -58,7 +58,7 @@ def audit(group: str | None, bootstrap: str | None) -> None:
     from service.offsets import audit as run_audit
 
     settings = _settings(bootstrap)
-    rows = asyncio.run(run_audit(settings, _jobs(settings), group))
+    rows = run_kafka(settings, run_audit(settings, _jobs(settings), group))
     header = ("TOPIC", "PARTITION", "JOB", "GROUP-OFFSET", "TABLE-OFFSET", "LOG-END", "LAG", "VERDICT")
     table = [header] + [
         (
@@ -137,7 +137,7 @@ def reset(
         new = await offsets_for(settings, target, tps, held)
         return chosen, new, await group_members(settings, group)
 
-    chosen, new, members = asyncio.run(plan())
+    chosen, new, members = run_kafka(settings, plan())
     if members:
         raise OperationError(f"group {group} has {members} live member(s): stop its workers first")
     risky = False
@@ -159,5 +159,5 @@ def reset(
         return
     if risky and not yes:
         raise ConfigError("this reset re-reads or skips events: add --yes to confirm")
-    asyncio.run(commit_offsets(settings, group, {tp: off for tp, off in new.items()}))
+    run_kafka(settings, commit_offsets(settings, group, {tp: off for tp, off in new.items()}))
     click.echo(f"committed {len(new)} offset(s) for group {group}")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 import click
 import orjson
 
+from service.kafka.cli_support import run_kafka
 from service.settings import load_settings
 
 
@@ -33,7 +33,7 @@ def dump(name: str, bootstrap: str | None, include_meta: bool) -> None:
     settings = load_settings(**overrides)
     from service.changelog import read_table
 
-    entries = asyncio.run(read_table(settings, name, include_meta=include_meta))
+    entries = run_kafka(settings, read_table(settings, name, include_meta=include_meta))
     out = sys.stdout.buffer
     for e in entries:
         line = {"key": e.key, "value": e.value, "partition": e.partition, "offset": e.offset}

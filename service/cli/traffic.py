@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import click
 
+from service.kafka.cli_support import run_kafka
 from service.settings import load_settings
 
 
@@ -30,5 +29,5 @@ def traffic(rate: int, seconds: float | None, bootstrap: str | None) -> None:
     settings = load_settings(**({"brokers": bootstrap} if bootstrap else {}))
     from service.traffic import TrafficGenerator
 
-    produced = asyncio.run(TrafficGenerator(settings, rate).run(seconds))
+    produced = run_kafka(settings, TrafficGenerator(settings, rate).run(seconds))
     click.echo(f"produced {produced.lines} lines, {produced.events} events ({produced.bad_events} malformed)")

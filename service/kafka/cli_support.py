@@ -1,4 +1,5 @@
-"""What the Kafka operations commands (topics, produce, consume, groups) share.
+"""What the Kafka operations commands (topics, produce, consume, groups, offsets, tables, dev
+traffic) share.
 
 Here rather than in ``service/cli/common.py`` because it is specific to commands that talk
 to Kafka: the ``--bootstrap-server`` option, running one coroutine with aiokafka's errors
@@ -41,14 +42,22 @@ def cli_settings(bootstrap_server: str | None) -> Settings:
 
 
 def run_kafka(settings: Settings, main: Coroutine[Any, Any, T]) -> T:
-    """Run ``main`` to completion; aiokafka failures become one-line ``OperationError`` s."""
-    from aiokafka.errors import KafkaError
+    """Run ``main`` to completion; aiokafka failures become one-line errors: a client that could
+    not bootstrap is diagnosed (:func:`service.kafka.connect.connection_error`: a wrong setting
+    exits 2), any other Kafka failure is an ``OperationError`` (exit 1)."""
+    from aiokafka.errors import KafkaConnectionError, KafkaError
 
-    from service.kafka.connect import operation_error, quiet_client_logs
+    from service.kafka.connect import connection_error, operation_error, quiet_client_logs
+
+    async def diagnosed() -> T:
+        try:
+            return await main
+        except KafkaConnectionError as exc:
+            raise await connection_error(exc, settings) from None
 
     quiet_client_logs(settings)
     try:
-        return asyncio.run(main)
+        return asyncio.run(diagnosed())
     except SluiceError:
         raise
     except (TimeoutError, KafkaError) as exc:

@@ -197,7 +197,7 @@ async def admin_client(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]
 
     admin = AIOKafkaAdminClient(**client_kwargs(settings, client_id=CLI_CLIENT_ID))
     try:
-        await _start(admin.start(), settings)
+        await admin.start()
         yield admin
     finally:
         await admin.close()
@@ -215,20 +215,10 @@ async def plain_consumer(settings: Settings, **extra: Any) -> AsyncIterator[AIOK
         **extra,
     )
     try:
-        await _start(consumer.start(), settings)
+        await consumer.start()
         yield consumer
     finally:
         await consumer.stop()
-
-
-async def _start(start: Awaitable[None], settings: Settings) -> None:
-    """Await a client's ``start()``; a failed bootstrap becomes :func:`connection_error`'s error."""
-    from aiokafka.errors import KafkaConnectionError
-
-    try:
-        await start
-    except KafkaConnectionError as exc:
-        raise await connection_error(exc, settings) from None
 
 
 async def retry_retriable(

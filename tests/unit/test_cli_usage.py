@@ -74,8 +74,20 @@ def test_incomplete_sasl_settings_are_a_config_error(
     assert result.stderr.strip() == "sluice: SLUICE_SASL_USERNAME is required with SASL_PLAINTEXT"
 
 
-def test_unreachable_broker_is_an_operation_failure_in_one_line(runner: CliRunner) -> None:
-    result = runner.invoke(main, ["topics", "list", "--bootstrap-server", UNREACHABLE])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["topics", "list"],
+        ["tables", "dump", "wordcount"],
+        ["offsets", "audit"],
+        ["offsets", "reset", "--to", "table", "--dry-run"],
+        ["dev", "traffic", "--seconds", "1"],
+    ],
+)
+def test_unreachable_broker_is_an_operation_failure_in_one_line(
+    runner: CliRunner, command: list[str]
+) -> None:
+    result = runner.invoke(main, [*command, "--bootstrap-server", UNREACHABLE])
     assert result.exit_code == 1
     assert result.stderr.startswith("sluice: cannot connect to Kafka at 127.0.0.1:1")
     assert result.stderr.count("\n") == 1
