@@ -287,6 +287,13 @@ def run(sizes: Sizes, *, profile: bool, keep: bool, log: Callable[[str], None]) 
                     lambda: run_wordcount(bootstrap, main, workdir, metrics=False),
                 )
             )
+        variants.append(
+            Variant(
+                "sluice_wordcount_eos",
+                "sluice wordcount, exactly_once",
+                lambda: run_wordcount(bootstrap, main, workdir, guarantee="exactly_once"),
+            )
+        )
         if features["stateless"]:
             variants.append(
                 Variant(
@@ -381,6 +388,12 @@ def summary(
         )
     ]
     metrics_cost = round(statistics.median(paired), 4) if paired else None
+    eos_paired = [
+        eos["eps"] / alos["eps"]
+        for alos, eos in zip(
+            bench.results["sluice_wordcount"], bench.results.get("sluice_wordcount_eos", []), strict=False
+        )
+    ]
     p99 = round(latency["p99_ms"], 1)
     out: dict[str, Any] = {
         "mode": sizes.name,
@@ -399,6 +412,9 @@ def summary(
         "sluice_stateless_eps": round(m("sluice_stateless") or 0) or None,
         "sluice_wordcount_metrics_off_eps": round(m("sluice_wordcount_metrics_off") or 0) or None,
         "jvm_consumer_eps": round(m("jvm_consumer") or 0) or None,
+        "sluice_wordcount_eos_eps": round(m("sluice_wordcount_eos") or 0) or None,
+        "eos_cost": round(statistics.median(eos_paired), 4) if eos_paired else None,
+        "eos_cost_method": "median over rounds of (exactly_once eps / at_least_once eps), same round",
         "wordcount_vs_aiokafka": _ratio(sluice, raw),
         "wordcount_vs_table_baseline": _ratio(sluice, m("raw_aiokafka_table")),
         "wordcount_vs_faust": _ratio(sluice, faust),
