@@ -9,10 +9,13 @@ repartition topic (stage 2). For each fetched batch:
    collects outputs;
 2. **phase A**: repartition records, dead letters and outputs are sent and acknowledged
    (``acks=all``);
-3. **phase B**: the changed rows are sent to the changelog and acknowledged; only then are
-   they written to local RocksDB;
-4. the batch's offsets become committable; they are committed every
-   ``SLUICE_COMMIT_INTERVAL_MS``, on rebalance and on shutdown.
+3. **phase B**, before every commit (every ``SLUICE_COMMIT_INTERVAL_MS``, on rebalance and on
+   shutdown): the rows changed by the batches since the last commit, once per row, and the
+   stage-1 positions are sent to the changelogs and acknowledged; only then are they written
+   to local RocksDB;
+4. the offsets of those batches are committed.
+
+With ``exactly_once`` every batch is one transaction holding all of it, phase B included.
 
 Outputs are acknowledged before the changelog so that a row the changelog has (and the guard
 will therefore skip on replay) never lacks its outputs (G1). Nothing is committed whose
@@ -105,13 +108,18 @@ class Engine:
         self.parts: dict[tuple[str, int], JobPartition] = {}
         self.processed: dict[TopicPartition, int] = {}
         """Next offset per partition whose effects are durable."""
+        self._undurable: dict[TopicPartition, int] = {}
+        """Next offset per partition processed since the last phase B (outputs acknowledged,
+        table changes still pending)."""
+        self._dirty: dict[tuple[str, int], JobPartition] = {}
+        """Job partitions with pending table changes since the last phase B."""
         self.committed: dict[TopicPartition, int] = {}
         self._lag_base: dict[TopicPartition, int] = {}
+        """Committed offset of assigned partitions nothing was processed from yet (for lag)."""
         self._reported: set[TopicPartition] = set()
+        """Partitions whose gauges this worker exports."""
         self._assignor: StandbyAssignor | None = None
         self._standby: StandbyReplicator | None = None
-        """Partitions whose gauges this worker exports."""
-        """Committed offset of assigned partitions nothing was processed from yet (for lag)."""
         self.assigned_count = 0
         self._lock = asyncio.Lock()
         self._last_commit = time.monotonic()
@@ -296,39 +304,64 @@ class Engine:
             part.processor.end_batch(part.outputs)
             self._send_outputs(part, sender)
         processed = time.monotonic()
-        if not self._eos:  # in a transaction all of it becomes visible at once
-            await sender.flush()  # phase A: outputs, repartition records, dead letters
-        offsets_topic = OFFSETS.changelog_topic(self.settings.app_id)
-        for tp, offset in next_offsets.items():
-            if self.route(tp.topic).stage == 1:
-                key = offset_key(tp.topic, tp.partition).encode()
-                value = encode_row(Row(offset, {}), OFFSETS.schema)
-                sender.add(offsets_topic, self._offsets_partition(tp), key, value)
-        changes = []
         for part in touched:
+            self._dirty[(part.job.name, part.partition)] = part
             for table in part.tables.values():
                 if table.duplicates_skipped:
                     self.metrics.duplicates_skipped.labels(table.spec.name).inc(table.duplicates_skipped)
                     table.duplicates_skipped = 0
+        self._undurable.update(next_offsets)
+        if self._eos:  # one transaction per batch: outputs, changelog and offsets at once
+            await self._make_durable(sender)
+        else:
+            await sender.flush()  # phase A: outputs, repartition records, dead letters
+        if self._metrics_on:
+            for job in self.jobs:
+                self.metrics.processing.labels(job.name).observe(processed - started)
+
+    async def _make_durable(self, sender: Sender | None = None) -> None:
+        """Phase B: send the changed rows and the stage-1 positions of every batch since the last
+        call to the changelogs, wait for the broker, and only then write them to local RocksDB.
+
+        At-least-once runs this before each commit, so a row changed by several batches within
+        a commit interval costs one changelog record and one RocksDB write, not one per batch;
+        each batch's outputs were acknowledged in its phase A, before any of this. Until then
+        the rows live in the tables' ``pending`` overlay, where reads see them.
+        """
+        sender = sender if sender is not None else Sender(self._producer)
+        offsets_topic = OFFSETS.changelog_topic(self.settings.app_id)
+        for tp, offset in self._undurable.items():
+            if self.route(tp.topic).stage == 1:
+                row = encode_row(Row(offset, {}), OFFSETS.schema)
+                sender.add(
+                    offsets_topic,
+                    self._offsets_partition(tp),
+                    offset_key(tp.topic, tp.partition).encode(),
+                    row,
+                )
+        changes = []
+        for part in self._dirty.values():
+            for table in part.tables.values():
                 records = list(table.changelog_records())
                 if records:
                     topic = table.spec.changelog_topic(self.settings.app_id)
                     for key, value in records:
                         sender.add(topic, table.partition, key, value)
                     changes.append((table, topic, records))
-        last = await sender.flush()  # phase B: changelog
-        if self._eos and next_offsets:
+        last = await sender.flush()
+        if self._eos:
             assert self._producer is not None
-            await self._producer.send_offsets_to_transaction(next_offsets, self.settings.app_id)
+            if self._undurable:
+                await self._producer.send_offsets_to_transaction(self._undurable, self.settings.app_id)
             await self._producer.commit_transaction()
-            self.committed.update(next_offsets)
-            self.metrics.commits.inc()
+            if self._undurable:
+                self.committed.update(self._undurable)
+                self.metrics.commits.inc()
         for table, topic, records in changes:
             table.persist(records, last[(topic, table.partition)])
-        self.processed.update(next_offsets)
-        if self._metrics_on:
-            for job in self.jobs:
-                self.metrics.processing.labels(job.name).observe(processed - started)
+        self.processed.update(self._undurable)
+        self._undurable.clear()
+        self._dirty.clear()
 
     def _split(self, job: Job, tp: TopicPartition, records: list[Any], sender: Sender) -> None:
         """Stage 1: decode, validate, route each update to the partition owning its key."""
@@ -463,8 +496,11 @@ class Engine:
     # ------------------------------------------------------------------ commits
 
     async def _commit(self) -> None:
+        """Make every processed batch durable (phase B), then commit the group's offsets."""
         consumer = self._consumer
         assert consumer is not None
+        if self._undurable or self._dirty:
+            await self._make_durable()
         assigned = consumer.assignment()
         for tp in list(self.processed):
             if tp in assigned:
@@ -528,6 +564,14 @@ class Engine:
             if tp not in assigned:
                 del self.processed[tp]
                 self.committed.pop(tp, None)
+        if self._undurable or self._dirty:
+            # The revocation's phase B failed: drop what it could not make durable. Every
+            # partition resumes below from its durable position, and the replay redoes it.
+            for part in self._dirty.values():
+                for table in part.tables.values():
+                    table.discard_pending()
+            self._undurable.clear()
+            self._dirty.clear()
         self._lag_base.clear()
         # Partitions that moved away stop being reported here: their new owner reports them.
         for tp in self._reported - assigned:
@@ -674,7 +718,7 @@ class Engine:
             for tp, end in ends.items():
                 labels = (tp.topic, str(tp.partition))
                 self.metrics.log_end_offset.labels(*labels).set(end)
-                position = self.processed.get(tp, self._lag_base.get(tp, 0))
+                position = self._undurable.get(tp) or self.processed.get(tp, self._lag_base.get(tp, 0))
                 self.metrics.consumer_lag.labels(*labels).set(max(0, end - position))
             for name, size in self._table_sizes().items():
                 self.metrics.table_keys.labels(name).set(size)

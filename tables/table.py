@@ -133,6 +133,10 @@ class TablePartition:
             self._remember(key, row)
         self.pending.clear()
 
+    def discard_pending(self) -> None:
+        """Forget the changes not yet made durable (their events will be processed again)."""
+        self.pending.clear()
+
     def rows(self) -> Iterator[tuple[str, Row]]:
         """Every persisted row (pending changes excluded), bookkeeping rows included."""
         for key, raw in self.store.items():
