@@ -119,7 +119,11 @@ class Settings(BaseSettings):
         "timeout keeps its partitions without a rebalance.",
     )
     commit_interval_ms: int = Field(
-        default=200, ge=1, le=600_000, description="How often durable offsets are committed."
+        default=200,
+        ge=1,
+        le=600_000,
+        description="How often changed rows are made durable (changelog, then local RocksDB) and "
+        "the offsets of the batches behind them committed.",
     )
     max_batch: int = Field(default=2000, ge=1, le=1_000_000, description="Most records taken from one fetch.")
     max_record_bytes: int = Field(
