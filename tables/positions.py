@@ -10,7 +10,8 @@ reach a table through a repartition topic, and a replayed source record is re-se
 *new* offsets. Only the origin position identifies it. The guard is sound because, per
 (repartition partition, source partition), origins arrive in ascending order with every
 smaller origin arriving first: each producer sends a contiguous ascending run starting at a
-committed offset, and everything before a committed offset has been acknowledged.
+durable position (the group's committed offset or the tables' own), and everything before a
+durable position has been acknowledged.
 """
 
 from __future__ import annotations
