@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import selectors
 import shutil
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -219,3 +221,17 @@ def diff(expected: dict[str, Any], actual: dict[str, Any], limit: int = 10) -> s
 
 def remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def read_ready(proc: subprocess.Popen[str], timeout: float) -> str:
+    """The first stdout line of ``sluice dev broker``, or fail with its stderr."""
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            proc.kill()
+            pytest.fail(f"no ready line within {timeout} s; stderr: {proc.communicate()[1]}")
+    line = proc.stdout.readline()
+    if not line:
+        pytest.fail(f"sluice dev broker exited {proc.wait()}; stderr: {proc.communicate()[1]}")
+    return line.rstrip("\n")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from service.devbroker import LocalCluster
+from tests.harness import read_ready
 from tests.kafka_fixtures import free_port_block
 
 pytestmark = pytest.mark.integration
@@ -44,20 +44,6 @@ def _wait_gone(pids: list[int], timeout: float) -> list[int]:
     while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
         time.sleep(0.1)
     return [pid for pid in pids if _alive(pid)]
-
-
-def _read_ready(proc: subprocess.Popen[str], timeout: float) -> str:
-    """The first stdout line of ``sluice dev broker``, or fail with its stderr."""
-    assert proc.stdout is not None
-    with selectors.DefaultSelector() as selector:
-        selector.register(proc.stdout, selectors.EVENT_READ)
-        if not selector.select(timeout):
-            proc.kill()
-            pytest.fail(f"no ready line within {timeout} s; stderr: {proc.communicate()[1]}")
-    line = proc.stdout.readline()
-    if not line:
-        pytest.fail(f"sluice dev broker exited {proc.wait()}; stderr: {proc.communicate()[1]}")
-    return line.rstrip("\n")
 
 
 def _kcat_brokers(bootstrap: str) -> list[tuple[int, str]]:
@@ -96,7 +82,7 @@ def test_dev_broker_ready_line_kcat_and_sigterm(brokers: int, tmp_path: Path) ->
     )
     try:
         expected = ",".join(f"127.0.0.1:{port + i}" for i in range(brokers))
-        assert _read_ready(proc, READY_TIMEOUT) == f"ready {expected}"
+        assert read_ready(proc, READY_TIMEOUT) == f"ready {expected}"
         pids = _pids(tmp_path, brokers)
         assert _kcat_brokers(f"127.0.0.1:{port}") == [
             (i + 1, f"127.0.0.1:{port + i}") for i in range(brokers)
@@ -122,7 +108,7 @@ def test_jvm_dies_with_a_killed_parent(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        _read_ready(proc, READY_TIMEOUT)
+        read_ready(proc, READY_TIMEOUT)
         pids = _pids(tmp_path, 1)
         proc.kill()  # kill -9: no handler, no finally, no atexit in the parent
         proc.wait()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import selectors
 import shutil
 import signal
 import subprocess
@@ -28,7 +27,7 @@ from service.changelog import read_table
 from service.devbroker import LocalCluster
 from service.settings import load_settings
 from tests import kafka_fixtures
-from tests.harness import WorkerProcess, unique
+from tests.harness import WorkerProcess, read_ready, unique
 from tests.kafka_fixtures import free_port_block
 
 pytestmark = pytest.mark.integration
@@ -227,16 +226,6 @@ def test_kcat_talks_scram_over_tls(kafka_secure: LocalCluster) -> None:
     assert consumed.split() == ["from-sluice", "from-kcat"]
 
 
-def _read_ready(proc: subprocess.Popen[str], timeout: float) -> str:
-    assert proc.stdout is not None
-    with selectors.DefaultSelector() as selector:
-        selector.register(proc.stdout, selectors.EVENT_READ)
-        if not selector.select(timeout):
-            proc.kill()
-            pytest.fail(f"no ready line within {timeout} s; stderr: {proc.communicate()[1]}")
-    return proc.stdout.readline().rstrip("\n")
-
-
 @pytest.mark.parametrize(
     ("flags", "protocol"),
     [
@@ -258,7 +247,7 @@ def test_dev_broker_prints_client_settings(flags: list[str], protocol: str, tmp_
         env=_base_env(),
     )
     try:
-        assert _read_ready(proc, 120) == f"ready 127.0.0.1:{port}"
+        assert read_ready(proc, 120) == f"ready 127.0.0.1:{port}"
         client_env: dict[str, str] = {}
         assert proc.stderr is not None
         wanted = {"SLUICE_BROKERS", "SLUICE_SECURITY_PROTOCOL"}
