@@ -2,28 +2,24 @@
 
 ``sluice dev broker`` is a foreground process on purpose: scripts and tests start it, read the
 one ``ready <bootstrap-servers>`` line from stdout, and stop it with SIGTERM; everything else it
-says goes to stderr so that stdout stays machine-readable. With ``--tls``/``--sasl-scram`` that
-includes the ``SLUICE_*=value`` lines a client needs, one per line (``grep ^SLUICE_`` makes an
-env file of them); the SASL password is only ever named by its file.
+says goes to stderr so that stdout stays machine-readable. That includes the answers to the
+commands it reads from stdin to stop, kill and restart single nodes (see
+:mod:`service.devbroker.control`) and, with ``--tls``/``--sasl-scram``, the ``SLUICE_*=value``
+lines a client needs, one per line (``grep ^SLUICE_`` makes an env file of them); the SASL
+password is only ever named by its file.
 """
 
 from __future__ import annotations
 
 import signal
 import sys
-import time
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
 
 import click
 
 from service.cli.common import SluiceGroup
 from service.devbroker.version import DEFAULT_KAFKA_VERSION, VERSION_ENV
-from service.errors import OperationError
-
-if TYPE_CHECKING:
-    from service.devbroker.cluster import LocalCluster
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -89,11 +85,23 @@ def broker(
     Prints exactly one line to stdout, "ready <bootstrap-servers>", once every broker accepts
     connections; logs go to DATA_DIR/node-<id>.log. With --tls and/or --sasl-scram the client
     ports speak SSL, SASL_PLAINTEXT or SASL_SSL (brokers use a PLAINTEXT port of their own), and
-    the SLUICE_* settings a client needs are printed to stderr as NAME=value lines. On
-    SIGINT/SIGTERM it stops every broker and exits 0; it exits 1 if a broker dies, 2 if a port
-    is in use.
+    the SLUICE_* settings a client needs are printed to stderr as NAME=value lines.
+
+    \b
+    To rehearse a broker failure, type commands on stdin, one per line:
+      status    one line per node: id, port, running or stopped, pid
+      stop N    SIGTERM node N (controlled shutdown)
+      kill N    SIGKILL node N (a crash)
+      start N   restart node N on its data dir, answer once it is registered again
+
+    Answers go to stderr. A node that dies on its own is reported there while the other nodes
+    keep serving. End of stdin ends the commands, not the cluster.
+
+    On SIGINT/SIGTERM it stops every broker and exits 0; it exits 1 if a broker dies and no
+    node is left running (as a 1-node cluster's), 2 if a port is in use.
     """
     from service.devbroker.cluster import LocalCluster
+    from service.devbroker.control import COMMANDS, serve
 
     cluster = LocalCluster(
         base_port=port,
@@ -111,7 +119,8 @@ def broker(
         sys.stdout.flush()
         click.echo(
             f"sluice dev broker: Kafka {cluster.version}, {brokers} node(s), {cluster.security_protocol} "
-            f"clients, logs in {cluster.data_dir}/node-<id>.log; Ctrl-C stops",
+            f"clients, logs in {cluster.data_dir}/node-<id>.log; commands on stdin: {COMMANDS}; "
+            "Ctrl-C stops",
             err=True,
         )
         if tls or sasl_scram:
@@ -119,7 +128,7 @@ def broker(
             for name, value in cluster.client_env.items():
                 click.echo(f"{name}={value}", err=True)
         sys.stderr.flush()
-        _serve(cluster)
+        serve(cluster, say=lambda line: click.echo(f"sluice dev broker: {line}", err=True))
     except _StopRequested:
         pass
     finally:
@@ -133,14 +142,3 @@ def broker(
 def _raise_stop(signum: int, frame: FrameType | None) -> None:
     """SIGINT/SIGTERM handler: unwind start-up or the wait loop, wherever the main thread is."""
     raise _StopRequested
-
-
-def _serve(cluster: LocalCluster) -> None:
-    """Sleep until a stop signal; fail (exit 1) if a broker JVM dies on its own meanwhile."""
-    while True:
-        time.sleep(0.5)
-        for node_id in cluster.node_ids:
-            if cluster.pid_of(node_id) is None:
-                raise OperationError(
-                    f"Kafka node {node_id} exited on its own; see {cluster.log_path(node_id)}"
-                )

@@ -165,6 +165,15 @@ class LocalCluster:
         proc = self._procs.get(node_id)
         return proc.pid if proc is not None and proc.poll() is None else None
 
+    def exit_status(self, node_id: int) -> int | None:
+        """How a node's JVM ended on its own (negative: by that signal); None if running or stopped.
+
+        ``kill_node``, ``start_node``, ``ensure_running`` and ``stop`` forget it, so a value means
+        an exit nobody here asked for: a crash, or a kill from outside.
+        """
+        proc = self._procs.get(node_id)
+        return proc.returncode if proc is not None and proc.poll() is not None else None
+
     def log_path(self, node_id: int) -> Path:
         """The node's log file: WARN and above, plus "Kafka Server started"."""
         self._check_node(node_id)
@@ -181,8 +190,9 @@ class LocalCluster:
         if any(self.pid_of(node_id) is not None for node_id in self.node_ids):
             raise OperationError("the cluster is already running; stop() it first")
         if self._data_dir is not None:
+            old = Layout(self._data_dir)
             for node_id in self.node_ids:
-                _kill_stale(Layout(self._data_dir), node_id)
+                jvm.kill_stale(old.pid_file(node_id), old.properties(node_id))
         for node_id in self.node_ids:
             port = self.port_of(node_id)
             if not port_is_free(port):
@@ -439,23 +449,25 @@ class LocalCluster:
             time.sleep(_POLL_SECONDS)
 
     def _wait_registered(self, node_ids: tuple[int, ...], deadline: float) -> None:
-        """On a multi-node cluster, wait until each started node's metadata lists every node.
+        """On a multi-node cluster, wait until each started node's metadata lists every running node.
 
         A broker opens its client port once it is unfenced, but its peers may reach its
         metadata cache a moment later: a client asking right after "ready" could see two of
-        three brokers. Plaintext clusters only; secured ones are ready when their ports are.
+        three brokers. Nodes stopped on purpose are not waited for, so a node can be restarted
+        while another is down. Plaintext clusters only; secured ones are ready when their ports are.
         """
         if self.brokers == 1 or self.tls or self.sasl_scram:
             return
         while True:
+            running = sum(self.pid_of(n) is not None for n in self.node_ids)
             # In a thread of its own: callers may be inside an event loop (async tests).
             with ThreadPoolExecutor(max_workers=1) as pool:
                 seen = [pool.submit(asyncio.run, _brokers_seen(self.port_of(n))).result() for n in node_ids]
-            if all(count >= self.brokers for count in seen):
+            if all(count >= running for count in seen):
                 return
             if time.monotonic() >= deadline:
                 raise OperationError(
-                    f"Kafka node(s) {list(node_ids)} list {seen} of {self.brokers} brokers after "
+                    f"Kafka node(s) {list(node_ids)} list {seen} of {running} running brokers after "
                     f"{self.start_timeout:.0f} s"
                 )
             time.sleep(_POLL_SECONDS)
@@ -477,28 +489,6 @@ class LocalCluster:
             log.close()
         if self._data_dir is not None:
             Layout(self._data_dir).pid_file(node_id).unlink(missing_ok=True)
-
-
-def _kill_stale(layout: Layout, node_id: int) -> None:
-    """Kill a JVM left from an earlier run of this data dir, if its pid file names one.
-
-    Only a process whose command line names this node's properties file is killed, so a
-    recycled pid belonging to something else is left alone.
-    """
-    pid_file = layout.pid_file(node_id)
-    try:
-        pid = int(pid_file.read_text(encoding="utf-8").strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
-        pid_file.unlink(missing_ok=True)
-        return
-    if str(layout.properties(node_id)).encode() in cmdline:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10.0
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-            time.sleep(_POLL_SECONDS)
-    pid_file.unlink(missing_ok=True)
 
 
 async def _brokers_seen(port: int) -> int:

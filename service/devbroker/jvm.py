@@ -17,12 +17,14 @@ wildcard itself, a shell would expand it into hundreds of arguments or fail.
 from __future__ import annotations
 
 import base64
+import contextlib
 import ctypes
 import ctypes.util
 import os
 import shutil
 import signal
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -125,6 +127,27 @@ def spawn(command: Sequence[str], log: IO[bytes], cwd: Path) -> subprocess.Popen
         )
     except OSError as exc:
         raise OperationError(f"cannot start {command[0]}: {exc}") from exc
+
+
+def kill_stale(pid_file: Path, marker: Path) -> None:
+    """Kill a JVM left from an earlier run of a data dir, if ``pid_file`` names one.
+
+    Only a process whose command line names ``marker`` (the node's properties file) is killed,
+    so a recycled pid belonging to something else is left alone. The pid file is removed.
+    """
+    try:
+        pid = int(pid_file.read_text(encoding="utf-8").strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        pid_file.unlink(missing_ok=True)
+        return
+    if str(marker).encode() in cmdline:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10.0
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    pid_file.unlink(missing_ok=True)
 
 
 _SECRET_OPTIONS = frozenset({"--add-scram", "-S"})
