@@ -3,11 +3,13 @@
 Input: ``{"key": str, "value": number, "ts": epoch-ms}`` on ``events``, on any partition.
 ``rollup_totals`` holds count/sum/min/max per key over every valid event. ``rollup_windows``
 holds the same figures per key and tumbling window of event time; a window is emitted to
-``rollups`` once stream time (the largest event time seen by the table partition) has passed
-its end plus the grace period, then deleted.
+``rollups`` once the table partition's watermark (the event time every source partition with
+records pending has reached, :mod:`tables.watermark`) has passed its end plus the
+grace period, then deleted. Closing on the watermark, not on the largest event time seen,
+makes the closed windows the same whether or not a worker crashed on the way (G9).
 
-Stream time is a row of the windows table, written before the deletions of the windows it
-closes, so after any crash a durable deletion implies a durable stream time that closes it:
+The engine writes the watermark row of the windows table before the deletions of the windows
+it closes, so after any crash a durable deletion implies a durable watermark that closes it:
 a replayed event of a closed window is recognised as late, and a window is never re-opened
 with part of its events.
 """
@@ -24,11 +26,11 @@ from service.job import BadRecord, Job, Outputs
 from tables.positions import Origin, Positions
 from tables.rollup import ROLLUP_TOTALS, ROLLUP_WINDOWS
 from tables.table import META_PREFIX, TablePartition
+from tables.watermark import PartitionClock
 
 INPUT_TOPIC = "events"
 OUTPUT_TOPIC = "rollups"
 WINDOW_MS = 60_000
-STREAM_TIME_KEY = META_PREFIX + "stream_time"
 
 Figures = dict[str, float]
 
@@ -63,6 +65,10 @@ def split(key: bytes | None, value: bytes) -> list[tuple[str, list[Any]]]:
     return [(event_key, [number, ts])]
 
 
+def event_time(payload: list[Any]) -> int:
+    return int(payload[1])
+
+
 def fold(figures: Figures | None, value: float) -> Figures:
     """count/sum/min/max with one more value."""
     if figures is None:
@@ -83,9 +89,9 @@ def window_key(start: int, key: str) -> str:
     return f"{start:015d}|{key}"
 
 
-def closed(start: int, stream_time: int, grace_ms: int) -> bool:
-    """A window closes once stream time reaches its end plus the grace period."""
-    return start + WINDOW_MS + grace_ms <= stream_time
+def closed(start: int, watermark: int, grace_ms: int) -> bool:
+    """A window closes once the watermark reaches its end plus the grace period."""
+    return start + WINDOW_MS + grace_ms <= watermark
 
 
 def window_record(key: str, start: int, figures: Figures) -> dict[str, Any]:
@@ -94,14 +100,15 @@ def window_record(key: str, start: int, figures: Figures) -> dict[str, Any]:
 
 
 class RollupProcessor:
-    def __init__(self, tables: dict[str, TablePartition], grace_ms: int, on_late: Any) -> None:
+    def __init__(
+        self, tables: dict[str, TablePartition], clock: PartitionClock | None, grace_ms: int, on_late: Any
+    ) -> None:
+        assert clock is not None, "rollup closes windows on a watermark"
         self.totals = tables[ROLLUP_TOTALS.name]
         self.windows = tables[ROLLUP_WINDOWS.name]
+        self.clock = clock
         self.grace_ms = grace_ms
         self.on_late = on_late
-        stored = self.windows.get(STREAM_TIME_KEY)
-        self.stream_time: int = stored if stored is not None else -1
-        self.persisted_stream_time = self.stream_time
         self.open: list[tuple[int, str]] = [
             (int(k.split("|", 1)[0]), k.split("|", 1)[1])
             for k, _ in self.windows.rows()
@@ -112,10 +119,8 @@ class RollupProcessor:
     def apply(self, key: str, payload: Any, origin: Origin, out: Outputs) -> None:
         number, ts = payload
         self.totals.update(key, origin, fold, number)
-        if ts > self.stream_time:
-            self.stream_time = ts
         start = window_start(ts)
-        if closed(start, self.stream_time, self.grace_ms):
+        if closed(start, self.clock.watermark, self.grace_ms):
             self.on_late()
             return
         wkey = window_key(start, key)
@@ -125,12 +130,8 @@ class RollupProcessor:
             heapq.heappush(self.open, (start, key))
 
     def end_batch(self, out: Outputs) -> None:
-        if self.stream_time == self.persisted_stream_time:
-            return
-        # Stream time first, then the deletions it justifies (see the module docstring).
-        self.windows.put(STREAM_TIME_KEY, self.stream_time)
-        self.persisted_stream_time = self.stream_time
-        while self.open and closed(self.open[0][0], self.stream_time, self.grace_ms):
+        watermark = self.clock.watermark
+        while self.open and closed(self.open[0][0], watermark, self.grace_ms):
             start, key = heapq.heappop(self.open)
             wkey = window_key(start, key)
             row = self.windows.row(wkey)
@@ -159,5 +160,7 @@ def build(
         output_topic=output_topic,
         tables=(ROLLUP_TOTALS, ROLLUP_WINDOWS),
         split=split,
-        processor=lambda tables: RollupProcessor(tables, grace_ms, on_late),
+        processor=lambda tables, clock: RollupProcessor(tables, clock, grace_ms, on_late),
+        event_time=event_time,
+        watermark_table=ROLLUP_WINDOWS.name,
     )

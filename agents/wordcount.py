@@ -47,7 +47,7 @@ def update_record(word: str, count: int) -> dict[str, Any]:
 
 
 class WordCountProcessor:
-    def __init__(self, tables: dict[str, TablePartition]) -> None:
+    def __init__(self, tables: dict[str, TablePartition], clock: object = None) -> None:
         self.counts = tables[WORDCOUNT.name]
 
     def apply(self, key: str, payload: Any, origin: Origin, out: Outputs) -> None:

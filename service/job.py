@@ -20,10 +20,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tables.positions import Origin
 from tables.table import TablePartition, TableSpec
+
+if TYPE_CHECKING:
+    from tables.watermark import PartitionClock
 
 
 class BadRecord(Exception):
@@ -74,12 +77,19 @@ class Job:
     tables: tuple[TableSpec, ...]
     """No tables: a stateless job; what ``split`` returns goes straight to ``output_topic``."""
     split: Split
-    processor: Callable[[dict[str, TablePartition]], Processor] | None = None
-    """Builds the stage-2 processor over one partition of each of the job's tables."""
+    processor: Callable[[dict[str, TablePartition], PartitionClock | None], Processor] | None = None
+    """Builds the stage-2 processor over one partition of each of the job's tables (and, for a
+    job with event-time windows, that partition's watermark clock)."""
     combine: Callable[[Any, Any], Any] | None = None
     """An associative merge of two payloads of one key (wordcount: ``+``). With it, stage 1
     sends one update per key per fetched batch instead of one per event, listing the origins it
     stands for, so stage 2 folds each key once per batch; the guard still sees every origin."""
+    event_time: Callable[[Any], int] | None = None
+    """For a job with event-time windows: the event time (epoch ms) of an update's payload.
+    Stage 1 then reports each source's progress to every table partition, and stage 2 closes
+    windows on the watermark (see :mod:`tables.watermark`)."""
+    watermark_table: str | None = None
+    """The table whose bookkeeping row keeps the watermark (the one holding the windows)."""
     input_pattern: str | None = None
     """A regex of input topics, instead of ``input_topic``; matching topics created later are
     picked up at the next metadata refresh, without a restart."""

@@ -110,6 +110,13 @@ class Metrics:
             ["job"],
             registry=r,
         )
+        self.watermark = Gauge(
+            "sluice_watermark_seconds",
+            "Event-time watermark of a windows-table partition (unix seconds): windows ending, with "
+            "their grace period, at or before it are closed.",
+            ["table", "partition"],
+            registry=r,
+        )
         self.rate_limit_pauses = Counter(
             "sluice_rate_limit_pauses",
             "Times an input partition was paused because it reached SLUICE_MAX_RATE_PER_PARTITION.",

@@ -16,11 +16,13 @@ from aiokafka.protocol.admin import DeleteGroupsRequest
 
 from service.changelog import read_table
 from service.engine import records_between, resume_position
+from service.engine.incarnations import Incarnations
 from service.errors import OperationError
 from service.job import Job
 from service.kafka.client_config import client_kwargs
+from service.kafka.topic_ids import topic_ids
 from service.settings import OnOffsetAhead, Settings
-from tables.offsets import OFFSETS, SOURCE_OFFSET_PREFIX
+from tables.offsets import OFFSETS, SOURCE_OFFSET_PREFIX, parse_source_key
 
 UNSAFE = frozenset({"group-ahead-of-table"})
 """Verdicts under which a restart would lose (or, with ``=table``, repeat) effects."""
@@ -63,12 +65,33 @@ def source_topics(settings: Settings, jobs: list[Job], existing: set[str]) -> di
     return topics
 
 
+async def current_incarnations(settings: Settings, topics: list[str]) -> dict[str, int]:
+    """The incarnation a worker would read of each of ``topics`` now (see
+    :mod:`service.engine.incarnations`): the recorded one, or the next when the topic's id changed."""
+    ids = await topic_ids(settings, topics)
+    known = await Incarnations(settings).registry(topics)
+    out = {}
+    for topic in topics:
+        entry = known.get(topic)
+        if entry is None:
+            out[topic] = 0
+        else:
+            inc = int(str(entry.get("inc", 0)))
+            out[topic] = inc if entry.get("id") == ids.get(topic) else inc + 1
+    return out
+
+
 async def table_offsets(settings: Settings, jobs: list[Job]) -> dict[TopicPartition, int]:
-    """Every position the tables hold, read from the changelogs (not from any worker)."""
+    """Every position the tables hold, read from the changelogs (not from any worker); stage-1
+    positions only of the incarnation of each input topic that exists now."""
     held: dict[TopicPartition, int] = {}
+    rows = []
     for entry in await read_table(settings, OFFSETS.name):
-        topic, _, partition = entry.key.rpartition(":")
-        held[TopicPartition(topic, int(partition))] = int(entry.value)
+        rows.append((*parse_source_key(entry.key), int(entry.value)))
+    current = await current_incarnations(settings, sorted({topic for topic, *_ in rows}))
+    for topic, partition, inc, offset in rows:
+        if current.get(topic, 0) == inc:
+            held[TopicPartition(topic, partition)] = offset
     for job in jobs:
         # Each table of a job records the stage-2 position; the job resumes from the lowest.
         per_table: list[dict[TopicPartition, int]] = []
@@ -76,8 +99,8 @@ async def table_offsets(settings: Settings, jobs: list[Job]) -> dict[TopicPartit
             positions = {}
             for entry in await read_table(settings, spec.name, include_meta=True):
                 if entry.key.startswith(SOURCE_OFFSET_PREFIX):
-                    topic, _, partition = entry.key[len(SOURCE_OFFSET_PREFIX) :].rpartition(":")
-                    positions[TopicPartition(topic, int(partition))] = int(entry.value)
+                    name, _, number = entry.key[len(SOURCE_OFFSET_PREFIX) :].rpartition(":")
+                    positions[TopicPartition(name, int(number))] = int(entry.value)
             per_table.append(positions)
         if per_table:
             for tp in set.intersection(*(set(p) for p in per_table)):

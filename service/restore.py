@@ -47,9 +47,12 @@ async def restore(settings: Settings, metrics: Metrics, partitions: Sequence[Tab
     try:
         consumer.assign(list(by_tp))
         ends = await consumer.end_offsets(list(by_tp))
+        starts = await consumer.beginning_offsets(list(by_tp))
         todo: dict[TopicPartition, TablePartition] = {}
         for tp, part in by_tp.items():
-            start = part.store.changelog_offset() + 1
+            offset = part.store.changelog_offset()
+            check_stored_offset(part.spec.name, tp, offset, starts[tp], ends[tp])
+            start = offset + 1
             if ends[tp] > start:
                 consumer.seek(tp, start)
                 todo[tp] = part
@@ -83,6 +86,27 @@ async def restore(settings: Settings, metrics: Metrics, partitions: Sequence[Tab
             },
         )
     return applied
+
+
+def check_stored_offset(table: str, tp: TopicPartition, stored: int, log_start: int, log_end: int) -> None:
+    """Refuse a local copy the changelog cannot continue: one past its end (the changelog was
+    deleted or re-created, or belongs to another cluster) or before its start (records it lacks
+    were deleted). Guessing would silently mix two histories."""
+    if stored < 0:
+        return
+    where = (
+        f"table {table} partition {tp.partition}: the local copy reflects {tp.topic} up to offset {stored}"
+    )
+    if stored + 1 > log_end:
+        raise StateError(
+            f"{where}, but the changelog ends at {log_end} (deleted or re-created?): move the "
+            "partition's directory out of SLUICE_DATA_DIR to rebuild it from the changelog"
+        )
+    if stored + 1 < log_start:
+        raise StateError(
+            f"{where}, but the changelog now starts at {log_start}: records in between were "
+            "deleted; move the partition's directory out of SLUICE_DATA_DIR to rebuild it"
+        )
 
 
 def _schema_error(part: TablePartition, found: str) -> StateError:

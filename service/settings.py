@@ -138,6 +138,12 @@ class Settings(BaseSettings):
     window_grace_ms: int = Field(
         default=10_000, ge=0, description="rollup: how long after its end a window stays open."
     )
+    max_event_time_skew_ms: int = Field(
+        default=86_400_000,
+        ge=0,
+        description="rollup: events whose ts is further ahead of their record's broker timestamp are "
+        "dead-lettered (ts_out_of_range), so one bad ts cannot close every window.",
+    )
     shutdown_timeout: float = Field(
         default=25.0, gt=0, le=3600, description="Seconds SIGTERM may take to drain and commit."
     )

@@ -30,7 +30,9 @@ from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment, ConsumerProtocolMemberMetadata
 
+from service.errors import StateError
 from service.kafka.client_config import client_kwargs
+from service.restore import check_stored_offset
 from service.settings import Settings
 from tables.store import PartitionStore
 from tables.table import TableSpec
@@ -132,6 +134,15 @@ class StandbyReplicator:
                 if tp not in self._stores:
                     path: Path = self._store_path(spec.name, tp.partition)
                     self._stores[tp] = (spec, PartitionStore(path))
+            if self._stores:
+                ends = await self._consumer.end_offsets(list(self._stores))
+                starts = await self._consumer.beginning_offsets(list(self._stores))
+                for tp, (spec, store) in list(self._stores.items()):
+                    try:
+                        check_stored_offset(spec.name, tp, store.changelog_offset(), starts[tp], ends[tp])
+                    except StateError as exc:
+                        log.error("standby copy refused", extra={"error": str(exc)})
+                        self._stores.pop(tp)[1].close()
             self._consumer.assign(list(self._stores))
             for tp, (_, store) in self._stores.items():
                 self._consumer.seek(tp, store.changelog_offset() + 1)

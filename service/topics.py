@@ -35,10 +35,11 @@ class TopicSpec:
 
 
 def worker_topics(settings: Settings, jobs: Sequence[Job]) -> list[TopicSpec]:
+    """Every topic the jobs need, each once (several jobs may read one input topic)."""
     n = settings.topic_partitions
     specs = [
         TopicSpec(settings.dead_letter_topic, n, internal=False),
-        # Written every batch: small segments keep the compacted log short to read on assignment.
+        # Written every commit: small segments keep the compacted log short to read on assignment.
         TopicSpec(
             OFFSETS.changelog_topic(settings.app_id),
             n,
@@ -52,7 +53,11 @@ def worker_topics(settings: Settings, jobs: Sequence[Job]) -> list[TopicSpec]:
         specs.append(TopicSpec(job.output_topic, n, internal=False))
         if not job.tables:
             continue
-        specs.append(TopicSpec(job.repartition_topic(settings.app_id), n, internal=True))
+        # Kept until every reader is past them (the worker deletes what lies below its committed
+        # offset), as Kafka Streams does: a time limit could delete records stage 2 has not read.
+        specs.append(
+            TopicSpec(job.repartition_topic(settings.app_id), n, internal=True, config={"retention.ms": "-1"})
+        )
         for table in job.tables:
             specs.append(
                 TopicSpec(
@@ -62,7 +67,10 @@ def worker_topics(settings: Settings, jobs: Sequence[Job]) -> list[TopicSpec]:
                     config={"cleanup.policy": "compact"},
                 )
             )
-    return specs
+    unique: dict[str, TopicSpec] = {}
+    for spec in specs:
+        unique.setdefault(spec.name, spec)
+    return list(unique.values())
 
 
 async def ensure_topics(settings: Settings, specs: Sequence[TopicSpec]) -> dict[str, int]:
@@ -76,7 +84,7 @@ async def ensure_topics(settings: Settings, specs: Sequence[TopicSpec]) -> dict[
             rf = settings.replication_factor
             if rf is None:  # as many copies as the cluster allows, up to 3
                 rf = min(3, len((await admin.describe_cluster())["brokers"]))
-            new = [NewTopic(s.name, s.partitions, rf, topic_configs=s.config) for s in missing]
+            new = [NewTopic(s.name, s.partitions, rf, topic_configs=_configs(s, rf)) for s in missing]
             response = await admin.create_topics(new)
             for name, code, *rest in response.topic_errors:
                 if code not in (0, _TOPIC_ALREADY_EXISTS):
@@ -108,3 +116,11 @@ async def _partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dic
         if topic["error_code"] == 0 and topic["partitions"]:
             counts[topic["topic"]] = len(topic["partitions"])
     return counts
+
+
+def _configs(spec: TopicSpec, replication_factor: int) -> dict[str, str]:
+    """Internal topics refuse a write that fewer than two replicas have (when there are two):
+    with ``acks=all`` and one in-sync replica left, a broker loss could lose acknowledged state."""
+    if not spec.internal:
+        return dict(spec.config)
+    return {"min.insync.replicas": str(min(2, replication_factor)), **spec.config}

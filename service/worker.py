@@ -53,7 +53,7 @@ async def _serve(app: App) -> int:
     timeout = app.settings.shutdown_timeout
 
     def on_signal(signum: int) -> None:
-        if engine._stopping.is_set():
+        if engine.stopping:
             return
         log.info("stopping: draining in-flight events", extra={"signal": signal.Signals(signum).name})
         engine.request_stop()

@@ -18,5 +18,25 @@ SOURCE_OFFSET_PREFIX = META_PREFIX + "source-offset:"
 """Bookkeeping row of a job's first table: ``<prefix><topic>:<partition>`` -> next offset."""
 
 
+TOPIC_ID_PREFIX = META_PREFIX + "topic-id:"
+"""Bookkeeping row of the offsets table: ``<prefix><topic>`` -> ``{"id": topic id, "inc": n}``,
+the incarnation of an input topic the worker last saw (see :mod:`service.engine.incarnations`)."""
+
+
 def offset_key(topic: str, partition: int) -> str:
     return f"{topic}:{partition}"
+
+
+def source_key(topic: str, partition: int, incarnation: int = 0) -> str:
+    """A source partition as positions and the offsets table name it: ``topic:partition``, and
+    ``topic:partition#n`` for the n-th re-creation of the topic, so that positions of a deleted
+    topic never make its successor's records look applied."""
+    base = f"{topic}:{partition}"
+    return f"{base}#{incarnation}" if incarnation else base
+
+
+def parse_source_key(key: str) -> tuple[str, int, int]:
+    """``(topic, partition, incarnation)`` of a :func:`source_key`."""
+    rest, _, inc = key.partition("#")
+    topic, _, partition = rest.rpartition(":")
+    return topic, int(partition), int(inc or 0)

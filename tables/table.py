@@ -45,7 +45,12 @@ class TablePartition:
     """One partition of a table on this worker: reads, guarded updates, pending changes."""
 
     def __init__(
-        self, spec: TableSpec, partition: int, store: PartitionStore, cache_rows: int = 50_000
+        self,
+        spec: TableSpec,
+        partition: int,
+        store: PartitionStore,
+        cache_rows: int = 50_000,
+        cache_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self.spec = spec
         self.partition = partition
@@ -54,9 +59,18 @@ class TablePartition:
         """Rows changed since the last persist, in change order; ``None`` is a delete."""
         self._cache: dict[str, Row | None] = {}
         """Decoded persisted rows (``None``: known absent), so a hot key costs no RocksDB read
-        and no JSON decode per update. Only persisted rows enter it; bounded by ``cache_rows``."""
+        and no JSON decode per update. Only persisted rows enter it; bounded by ``cache_rows`` and
+        by ``cache_bytes`` of their encoded size (a table of large rows must not grow the heap
+        without bound)."""
         self.cache_rows = cache_rows
+        self.cache_bytes = cache_bytes
+        self._cached_bytes = 0
         self.duplicates_skipped = 0
+        self.live_sources: frozenset[str] | None = None
+        """The source keys updates can still come from (every partition of the current
+        incarnation of the job's inputs); positions of other sources — deleted or re-created
+        topics — are dropped from a row when it is rewritten, so rows do not grow without
+        bound. ``None``: keep everything."""
 
     def row(self, key: str) -> Row | None:
         if key in self.pending:
@@ -67,17 +81,19 @@ class TablePartition:
             pass
         raw = self.store.get(key.encode())
         row = decode_row(raw)[1] if raw is not None else None
-        self._remember(key, row)
+        self._remember(key, row, len(raw) if raw is not None else 0)
         return row
 
     def forget_cache(self) -> None:
         """Drop decoded rows: the store was written behind this object's back (a restore)."""
         self._cache.clear()
+        self._cached_bytes = 0
 
-    def _remember(self, key: str, row: Row | None) -> None:
-        if len(self._cache) >= self.cache_rows:
-            self._cache.clear()  # cheap and rare: the working set refills it
+    def _remember(self, key: str, row: Row | None, size: int) -> None:
+        if len(self._cache) >= self.cache_rows or self._cached_bytes + size > self.cache_bytes:
+            self.forget_cache()  # cheap and rare: the working set refills it
         self._cache[key] = row
+        self._cached_bytes += size + 64
 
     def get(self, key: str) -> Any:
         row = self.row(key)
@@ -104,6 +120,9 @@ class TablePartition:
                     payload, seen = origin.parts.unseen(key, last)
                     self.duplicates_skipped += seen
             positions = dict(row.positions)
+            live = self.live_sources
+            if live is not None and len(positions) > len(live):
+                positions = {source: p for source, p in positions.items() if source in live}
             current = row.value
         value = fold(current, payload)
         positions[origin.source] = origin.position
@@ -129,8 +148,9 @@ class TablePartition:
     def persist(self, records: list[tuple[bytes, bytes | None]], changelog_offset: int) -> None:
         """The changelog acknowledged ``records`` up to ``changelog_offset``: make them local."""
         self.store.write(records, changelog_offset, self.spec.schema)
+        sizes = {key: len(value) if value is not None else 0 for key, value in records}
         for key, row in self.pending.items():
-            self._remember(key, row)
+            self._remember(key, row, sizes.get(key.encode(), 0))
         self.pending.clear()
 
     def discard_pending(self) -> None:

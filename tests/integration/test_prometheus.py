@@ -112,12 +112,14 @@ def test_every_dashboard_and_alert_query_returns_series(prom: Prometheus, deploy
     finally:
         truth = traffic.stop()
     print(f"kill -9 restarts: {restarts}")
-    # Late events: a far-future event advances the stream time of key "late"'s partition,
-    # closing every window before it; the old event after it is late (counted in totals).
-    late = [{"key": "late", "value": 1, "ts": 1_800_000_000_000}, {"key": "late", "value": 2, "ts": 1}]
-    asyncio.run(produce(d.bootstrap, d.events, [orjson.dumps(e) for e in late]))
-    for e in late:
-        truth.add_event(orjson.dumps(e), e)
+    # Late events: once every input is caught up, the watermark reaches the newest event time
+    # (about now) and closes every older window; an event of 1970 after that is late (counted in
+    # totals, not in a window).
+    d.caught_up()
+    prom.wait_value("max(sluice_watermark_seconds)", lambda v: v > 1_700_000_000, 30, "watermark")
+    late = {"key": "late", "value": 2, "ts": 1}
+    asyncio.run(produce(d.bootstrap, d.events, [orjson.dumps(late)]))
+    truth.add_event(orjson.dumps(late), late)
     d.caught_up()
     assert truth.invalid_events > 0
 

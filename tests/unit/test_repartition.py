@@ -40,8 +40,7 @@ def entries_of(lines: list[tuple[int, bytes]]) -> list[list[Any]]:
 
 def apply(table: TablePartition, entries: list[list[Any]]) -> None:
     for value, headers in encode("lines", 0, entries, operator.add):
-        _ts, updates = decode(value, headers, operator.add)
-        for key, payload, origin in updates:
+        for key, payload, origin in decode(value, headers, operator.add).updates:
             table.update(key, origin, wordcount.add, payload)
 
 
@@ -63,9 +62,10 @@ def test_combined_record_carries_one_update_per_key_and_the_parts_header() -> No
     entries = entries_of([(10, b"a b a"), (11, b"b"), (12, b"a")])
     [(value, headers)] = encode("lines", 0, entries, operator.add)
     assert [name for name, _ in headers] == [repartition.PARTS_HEADER]
-    ts, updates = decode(value, headers, operator.add)
-    got = {key: (payload, origin.first, origin.position, origin.updates) for key, payload, origin in updates}
-    assert ts == 1010
+    decoded = decode(value, headers, operator.add)
+    got = {key: (p, origin.first, origin.position, origin.updates) for key, p, origin in decoded.updates}
+    assert decoded.first_ts == 1010
+    assert decoded.clock is None
     # "a b a" is one update {a: 2} (seq 0) and {b: 1} (seq 1)
     assert got == {"a": (3, [10, 0], [12, 0], 2), "b": (2, [10, 1], [11, 0], 2)}
 
@@ -102,10 +102,68 @@ def test_records_without_combine_keep_each_update_origin() -> None:
     entries = entries_of([(5, b"x y"), (6, b"x")])
     [(value, headers)] = encode("lines", 0, entries, None)
     assert headers == []
-    ts, updates = decode(value, headers, None)
-    assert ts == 1005
-    assert [(k, p, o.position) for k, p, o in updates] == [
+    decoded = decode(value, headers, None)
+    assert decoded.first_ts == 1005
+    assert [(k, p, o.position) for k, p, o in decoded.updates] == [
         ("x", 1, [5, 0]),
         ("y", 1, [5, 1]),
         ("x", 1, [6, 0]),
     ]
+
+
+@pytest.mark.parametrize("combine", [operator.add, None])
+def test_one_line_fanning_out_past_the_limit_is_split_and_stays_exact(
+    table: TablePartition, combine: repartition.Combine | None
+) -> None:
+    """A 590 KB line of 100,000 distinct words: its updates travel in several records, each
+    under the limit, and a replay of the same line (cut the same or not) changes nothing."""
+    line = " ".join(f"u{i}" for i in range(100_000)).encode()
+    entries = entries_of([(3, b"a b"), (4, line), (5, b"a")])
+    pieces = encode("lines", 0, entries, combine)
+    assert len(pieces) > 2
+    assert all(len(v) + sum(len(h) for _, h in hs) <= repartition.MAX_REPARTITION_RECORD for v, hs in pieces)
+    for _ in range(2):  # the second pass is a replay: every update is a duplicate
+        for value, headers in pieces:
+            for key, payload, origin in decode(value, headers, combine).updates:
+                table.update(key, origin, wordcount.add, payload)
+    got = counts(table)
+    assert len(got) == 100_002
+    assert got["a"] == 2 and got["b"] == 1 and got["u99999"] == 1
+
+
+def test_a_single_update_over_the_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(repartition, "MAX_REPARTITION_RECORD", 100)
+    with pytest.raises(repartition.OversizedUpdate):
+        encode("lines", 0, [[1, 1, [["x" * 200, 1, 0]]]], None)
+
+
+def test_the_source_clock_rides_on_the_last_piece_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An update must never reach a table partition after the clock that follows it: the
+    watermark would count it late (tables.watermark)."""
+    monkeypatch.setattr(repartition, "MAX_REPARTITION_RECORD", 200)
+    pieces = encode("events", 2, entries_of([(o, b"w1 w2") for o in range(30)]), None, (5000, 30))
+    clocks = [decode(v, h, None).clock for v, h in pieces]
+    assert clocks[-1] == (5000, 30) and all(c is None for c in clocks[:-1])
+
+
+def test_a_marker_carries_the_clock_and_no_update() -> None:
+    [(value, headers)] = encode("events", 1, [], operator.add, (1234, 77))
+    decoded = decode(value, headers, operator.add)
+    assert (decoded.source, decoded.updates, decoded.first_ts, decoded.clock) == ("events:1", [], None, (1234, 77))
+
+
+@pytest.mark.parametrize(
+    ("value", "headers"),
+    [
+        (b"not json", []),
+        (b"[1, 2]", []),
+        (b'{"t": "lines", "p": 0}', []),
+        (b'{"t": "lines", "p": 0, "e": [[1, 2, [["k", 1]]]]}', []),
+        (b'{"t": "lines", "p": 0, "ts": 1, "c": [["k", 1, 0, 0, 0, 0, 1]]}', []),  # no parts header
+    ],
+)
+def test_a_record_that_is_not_a_repartition_record_raises_before_anything_applies(
+    value: bytes, headers: list[tuple[str, bytes]]
+) -> None:
+    with pytest.raises((ValueError, KeyError, TypeError)):
+        decode(value, headers, operator.add)

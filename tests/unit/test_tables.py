@@ -12,6 +12,7 @@ from service.job import Outputs
 from tables.codec import Row, decode_row, encode_row
 from tables.positions import Origin, after
 from tables.rollup import ROLLUP_TOTALS, ROLLUP_WINDOWS
+from tables.watermark import PartitionClock
 from tables.store import PartitionStore, claim_data_dir
 from tables.table import TablePartition, TableSpec
 
@@ -88,17 +89,22 @@ def _rollup_tables(tmp_path: Path) -> dict[str, TablePartition]:
     }
 
 
-def test_rollup_processor_closes_windows_by_stream_time(tmp_path: Path) -> None:
+def test_rollup_processor_closes_windows_on_the_watermark(tmp_path: Path) -> None:
     tables = _rollup_tables(tmp_path)
     late: list[int] = []
-    proc = rollup.RollupProcessor(tables, grace_ms=10_000, on_late=lambda: late.append(1))
+    clock = PartitionClock()
+    proc = rollup.RollupProcessor(tables, clock, grace_ms=10_000, on_late=lambda: late.append(1))
     out = Outputs()
     proc.apply("k", [1, 1_000], origin(0), out)
     proc.apply("k", [2, 59_000], origin(1), out)
     proc.apply("k", [5, 65_000], origin(2), out)
+    clock.heard("events:0", 65_000, 3)
+    clock.advance(["events:0"], {"events:0": 10})
     proc.end_batch(out)
-    assert out.records == {}  # stream time 65 s < 60 s + 10 s grace
+    assert out.records == {}  # watermark 65 s < 60 s + 10 s grace
     proc.apply("j", [1, 70_000], origin(3), out)
+    clock.heard("events:0", 70_000, 4)
+    clock.advance(["events:0"], {"events:0": 10})
     proc.apply("k", [9, 2_000], origin(4), out)  # late: its window has closed
     proc.end_batch(out)
     assert [v for _, v, _ in out.records.values()] == [
@@ -106,5 +112,3 @@ def test_rollup_processor_closes_windows_by_stream_time(tmp_path: Path) -> None:
     ]
     assert late == [1]
     assert tables["rollup_totals"].get("k") == {"count": 4, "sum": 17, "min": 1, "max": 9}
-    keys = [k for k, _ in tables["rollup_windows"].changelog_records()]
-    assert keys.index(b"\x00stream_time") < keys.index(b"000000000000000|k")  # time before delete

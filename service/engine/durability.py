@@ -1,0 +1,175 @@
+"""Phase B and the commit: make table changes and positions durable, then commit offsets.
+
+At-least-once: each batch's outputs, repartition records and dead letters are acknowledged in
+its own phase A (the core's loop). Then, before every commit (every
+``SLUICE_COMMIT_INTERVAL_MS``, on revocation, on shutdown), **phase B** sends the rows changed
+since the last commit — once per row however many batches changed it — and the positions they
+reflect, and only when the broker has them writes them to local RocksDB (**phase C**); then the
+offsets are committed (**phase D**). Outputs before changelog means a row the guard will skip on
+replay never lacks its outputs (G1); changelog before local RocksDB closes G3's trap.
+
+Every partition's phase B is one Kafka transaction of that partition's fenced producer
+(:mod:`service.engine.fencing`): a worker that lost the partition cannot make its stale rows
+visible, whatever it believes. A partition whose producer was fenced drops its pending changes;
+its next owner replays them.
+
+Exactly-once: every batch is one transaction per input partition holding all of it — outputs,
+repartition records, dead letters, table rows, positions and the input offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+
+from aiokafka import TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from service.effects import Sender
+from service.engine.fencing import FENCED_ERRORS
+from service.engine.runtime import Runtime
+from service.kafka.murmur2 import partition_for_key
+from tables.codec import Row, encode_row
+from tables.offsets import OFFSETS
+from tables.table import TablePartition
+
+log = logging.getLogger(__name__)
+
+Changes = list[tuple[TablePartition, str, list[tuple[bytes, bytes | None]]]]
+
+
+class Durability:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.last_commit = time.monotonic()
+
+    def pending(self) -> set[TopicPartition]:
+        """Partitions with something for phase B."""
+        return set(self.rt.progress.undurable) | set(self.rt.dirty)
+
+    def add_phase_b(self, tp: TopicPartition, sender: Sender) -> Changes:
+        """Add ``tp``'s phase-B records to ``sender``: its stage-1 position, or the changed rows
+        (and positions) of its stage-2 table partitions."""
+        rt = self.rt
+        changes: Changes = []
+        offset = rt.progress.undurable.get(tp)
+        if offset is not None and rt.routing.stage(tp.topic) == 1:
+            sender.add(
+                OFFSETS.changelog_topic(rt.settings.app_id),
+                self.offsets_partition(tp),
+                rt.incarnations.key(tp.topic, tp.partition).encode(),
+                encode_row(Row(offset, {}), OFFSETS.schema),
+            )
+        part = rt.dirty.get(tp)
+        if part is not None:
+            for table in part.tables.values():
+                records = list(table.changelog_records())
+                if records:
+                    topic = table.spec.changelog_topic(rt.settings.app_id)
+                    for key, value in records:
+                        sender.add(topic, table.partition, key, value)
+                    changes.append((table, topic, records))
+        return changes
+
+    def offsets_partition(self, tp: TopicPartition) -> int:
+        key = self.rt.incarnations.key(tp.topic, tp.partition).encode()
+        return partition_for_key(key, self.rt.settings.topic_partitions)
+
+    async def transact(
+        self, tp: TopicPartition, sender: Sender, changes: Changes, offsets: dict[TopicPartition, int] | None
+    ) -> bool:
+        """Send ``sender``'s records in ``tp``'s open transaction (and, exactly-once, the input
+        offsets), commit it, then persist ``changes`` locally. False when ``tp`` was fenced."""
+        rt = self.rt
+        producer = rt.fences.producer(tp)
+        try:
+            last = await sender.flush()
+            if offsets:
+                await producer.send_offsets_to_transaction(offsets, rt.settings.app_id)
+            await producer.commit_transaction()
+        except FENCED_ERRORS:
+            self.lost(tp)
+            return False
+        except BaseException:
+            with contextlib.suppress(KafkaError, asyncio.TimeoutError, AssertionError):
+                await asyncio.wait_for(producer.abort_transaction(), 10)
+            raise
+        for table, topic, records in changes:
+            table.persist(records, last[(topic, table.partition)])
+        rt.dirty.pop(tp, None)
+        made = rt.progress.made_durable({tp})
+        if offsets:
+            rt.progress.committed.update(made)
+        return True
+
+    async def phase_b(self, tps: Iterable[TopicPartition] | None = None) -> None:
+        """At-least-once phase B for ``tps`` (every pending partition when ``None``): one
+        transaction per partition, all at once."""
+        rt = self.rt
+        chosen = [tp for tp in (self.pending() if tps is None else tps) if tp in rt.fences]
+        if not chosen:
+            return
+
+        async def one(tp: TopicPartition) -> bool:
+            producer = rt.fences.producer(tp)
+            try:
+                await producer.begin_transaction()
+            except FENCED_ERRORS:
+                self.lost(tp)
+                return False
+            sender = Sender(producer)
+            return await self.transact(tp, sender, self.add_phase_b(tp, sender), None)
+
+        await asyncio.gather(*(one(tp) for tp in chosen))
+
+    def lost(self, tp: TopicPartition) -> None:
+        """``tp`` was fenced: another worker owns it now. Drop what is pending for it and stop
+        processing it until the next assignment."""
+        rt = self.rt
+        rt.fences.mark_fenced(tp)
+        part = rt.dirty.pop(tp, None) or rt.part_of(tp)
+        if part is not None:
+            part.discard_pending()
+        rt.progress.forget(tp)
+
+    async def commit(self) -> None:
+        """Make every processed batch durable (phase B), then commit the group's offsets (D)."""
+        rt = self.rt
+        consumer = rt.consumer
+        assert consumer is not None
+        if not rt.eos:
+            await self.phase_b()
+        progress = rt.progress
+        assigned = consumer.assignment()
+        for tp in list(progress.durable):
+            # Past transaction markers (exactly_once topics): the consumer's position skips
+            # control records that follow the last processed record; nothing lies between.
+            settled = tp in assigned and tp in rt.fences and tp not in progress.undurable
+            if settled and progress.expected.get(tp) == progress.durable[tp]:
+                position = await consumer.position(tp)
+                if position > progress.durable[tp]:
+                    progress.durable[tp] = progress.expected[tp] = position
+        offsets = {
+            tp: offset
+            for tp, offset in progress.durable.items()
+            if tp in assigned and tp in rt.fences and progress.committed.get(tp) != offset
+        }
+        self.last_commit = time.monotonic()
+        if not offsets:
+            return
+        started = time.monotonic()
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # A rebalance is under way: the revocation callback commits, or the next owner
+            # replays from the last commit and the guard drops what was already applied.
+            log.warning("commit skipped during rebalance", extra={"error": str(exc)})
+            return
+        progress.committed.update(offsets)
+        rt.metrics.commits.inc()
+        rt.metrics.commit_seconds.observe(time.monotonic() - started)
+        for tp, offset in offsets.items():
+            rt.metrics.committed_offset.labels(tp.topic, str(tp.partition)).set(offset)
