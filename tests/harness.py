@@ -9,8 +9,10 @@ a stopped worker's RocksDB (what a restarted one would start from).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import re
 import selectors
 import shutil
 import signal
@@ -19,13 +21,14 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from service.changelog import read_table
 from service.settings import load_settings
@@ -235,3 +238,237 @@ def read_ready(proc: subprocess.Popen[str], timeout: float) -> str:
     if not line:
         pytest.fail(f"sluice dev broker exited {proc.wait()}; stderr: {proc.communicate()[1]}")
     return line.rstrip("\n")
+
+
+# ---------------------------------------------------------------------- helpers for the G8/G9 tests
+# (added for tests/fault/test_zombie.py, test_watermarks.py, test_resume.py, test_fanout.py and
+# tests/integration/test_shared_topics.py; nothing above depends on them)
+
+STATEFUL_JOBS = frozenset({"wordcount", "rollup"})
+"""Jobs with tables, hence a repartition topic ``<app>-<job>-repartition``."""
+
+
+class Stack:
+    """One app id running ``jobs`` with topics of its own on a shared broker.
+
+    ``inputs`` / ``outputs`` name each job's topics (unique by default; a test may point two jobs
+    at one topic before starting a worker). Workers get ``env`` and their own overrides.
+    """
+
+    def __init__(self, bootstrap: str, tmp: Path, jobs: Iterable[str] = ("wordcount",), **env: str) -> None:
+        self.bootstrap = bootstrap
+        self.tmp = tmp
+        self.jobs = tuple(jobs)
+        self.app_id = unique("app")
+        self.inputs = {job: unique(f"{job}-in") for job in self.jobs}
+        self.outputs = {job: unique(f"{job}-out") for job in self.jobs}
+        self.dead = unique("dead")
+        self.env = {"SLUICE_SESSION_TIMEOUT_MS": "6000", **env}
+        self.workers: list[WorkerProcess] = []
+
+    def worker_env(self, **env: str) -> dict[str, str]:
+        out = {"SLUICE_JOBS": ",".join(self.jobs), "SLUICE_DEAD_LETTER_TOPIC": self.dead}
+        for job in self.jobs:
+            out[f"SLUICE_{job.upper()}_INPUT_TOPIC"] = self.inputs[job]
+            out[f"SLUICE_{job.upper()}_OUTPUT_TOPIC"] = self.outputs[job]
+        return {**out, **self.env, **env}
+
+    def worker(self, name: str, **env: str) -> WorkerProcess:
+        w = WorkerProcess(
+            self.bootstrap, self.tmp / name, self.app_id, self.tmp / f"{name}.log", **self.worker_env(**env)
+        )
+        self.workers.append(w)
+        return w
+
+    def repartition(self, job: str) -> str:
+        return f"{self.app_id}-{job}-repartition"
+
+    def sources(self) -> list[str]:
+        """Every topic the group consumes: the inputs and the repartition topics."""
+        topics = list(dict.fromkeys(self.inputs[job] for job in self.jobs))
+        return topics + [self.repartition(job) for job in self.jobs if job in STATEFUL_JOBS]
+
+    def caught_up(self, alive: Iterable[WorkerProcess] = (), timeout: float = 120) -> None:
+        """Wait until the group has committed every source topic to its end (checked twice,
+        0.5 s apart); fail at once if a worker of ``alive`` exits."""
+        watched = list(alive)
+
+        def zero() -> bool:
+            if asyncio.run(group_lag(self.bootstrap, self.app_id, self.sources())) != 0:
+                return False
+            time.sleep(0.5)
+            return asyncio.run(group_lag(self.bootstrap, self.app_id, self.sources())) == 0
+
+        wait_until(zero, timeout, f"group {self.app_id} caught up", watched)
+
+    def stop_all(self) -> None:
+        for w in self.workers:
+            if w.alive():
+                w.kill(signal.SIGKILL)
+            if w.proc is not None:
+                with contextlib.suppress(ProcessLookupError, OSError):
+                    os.kill(w.proc.pid, signal.SIGCONT)  # a SIGSTOPped one must be able to die
+
+
+def wait_until(
+    condition: Callable[[], object], timeout: float, what: str, alive: Iterable[WorkerProcess] = ()
+) -> None:
+    """Poll ``condition`` until it is truthy; fail after ``timeout`` seconds, or at once (with the
+    log tail) when a worker of ``alive`` exits."""
+    watched = list(alive)
+    deadline = time.monotonic() + timeout
+    while True:
+        for w in watched:
+            if not w.alive():
+                code = w.proc.returncode if w.proc is not None else None
+                raise AssertionError(f"{what}: worker {w.data_dir.name} exited {code}:\n{w.tail()}")
+        if condition():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not reached after {timeout}s")
+        time.sleep(0.3)
+
+
+def scrape(worker: WorkerProcess) -> str:
+    """The worker's /metrics text."""
+    status, text = worker.get("/metrics")
+    assert status == 200, f"/metrics answered {status}"
+    return str(text)
+
+
+def metric_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample of ``name`` in a Prometheus text exposition: (labels, value)."""
+    out = []
+    for m in re.finditer(rf"^{re.escape(name)}(?:\{{([^}}]*)\}})? (\S+)$", text, re.M):
+        labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(1) or ""))
+        out.append((labels, float(m.group(2))))
+    return out
+
+
+def metric_total(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels`` (0 when there is none)."""
+    return sum(
+        value
+        for have, value in metric_samples(text, name)
+        if all(have.get(k) == v for k, v in labels.items())
+    )
+
+
+@dataclass(frozen=True)
+class Record:
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes]
+
+
+async def create_topic(
+    bootstrap: str, topic: str, partitions: int, config: dict[str, str] | None = None
+) -> None:
+    """Create ``topic`` (RF 1) unless it exists."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        if topic not in await admin.list_topics():
+            await admin.create_topics([NewTopic(topic, partitions, 1, topic_configs=config or {})])
+    finally:
+        await admin.close()
+
+
+async def produce_records(
+    bootstrap: str,
+    topic: str,
+    records: Iterable[tuple[int | None, bytes | None, bytes | None]],
+    max_request_size: int = 1048576,
+) -> list[tuple[int, int]]:
+    """Send (partition, key, value) records in order, acks=all, idempotent (so order within a
+    partition is kept); return each record's (partition, offset)."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        max_request_size=max_request_size,
+        max_batch_size=max(16384, min(max_request_size, 1 << 20)),
+    )
+    await producer.start()
+    try:
+        for _ in range(100):  # metadata of a topic created a moment ago can still be partial
+            if await producer.partitions_for(topic):
+                break
+            await producer.client.force_metadata_update()
+            await asyncio.sleep(0.1)
+        futures = [
+            await producer.send(topic, value, key=key, partition=partition)
+            for partition, key, value in records
+        ]
+        metas = await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return [(m.partition, m.offset) for m in metas]
+
+
+async def read_records(
+    bootstrap: str, topic: str, isolation_level: str = "read_uncommitted", within_s: float = 60
+) -> list[Record]:
+    """Every record of ``topic`` up to its current end (the last stable offset for
+    ``read_committed``), by position, so transaction markers cannot stall the read."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        isolation_level=isolation_level,
+        max_partition_fetch_bytes=4 * 1048576,
+    )
+    await consumer.start()
+    out: list[Record] = []
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        for _ in range(50):
+            if partitions:
+                break
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic)
+            await asyncio.sleep(0.1)
+        tps = [TopicPartition(topic, p) for p in sorted(partitions or ())]
+        if not tps:
+            return out
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        todo = {tp for tp in tps if ends[tp] > 0}
+        deadline = time.monotonic() + within_s
+        while todo:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"could not read {topic} to its end within {within_s}s")
+            fetched = await consumer.getmany(*todo, timeout_ms=1000)
+            for tp, batch in fetched.items():
+                out.extend(
+                    Record(r.partition, r.offset, r.timestamp, r.key, r.value, dict(r.headers))
+                    for r in batch
+                    if r.offset < ends[tp]
+                )
+            for tp in list(todo):
+                if await consumer.position(tp) >= ends[tp]:
+                    todo.discard(tp)
+    finally:
+        await consumer.stop()
+    out.sort(key=lambda r: (r.partition, r.offset))
+    return out
+
+
+async def delete_group(bootstrap: str, group: str) -> None:
+    """Delete a consumer group and its committed offsets (kafka-consumer-groups --delete)."""
+    from aiokafka.protocol.admin import DeleteGroupsRequest
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        node = await admin.find_coordinator(group)
+        response = await admin._send_request_to_node(node, DeleteGroupsRequest([group]))
+    finally:
+        await admin.close()
+    for name, code in response.results:
+        assert code == 0, f"cannot delete group {name}: error {code}"
