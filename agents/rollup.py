@@ -1,42 +1,43 @@
 """rollup: JSON events in; running figures per key, and per key and 60-second window.
 
-Input: ``{"key": str, "value": number, "ts": epoch-ms}`` on ``events``, on any partition.
-``rollup_totals`` holds count/sum/min/max per key over every valid event. ``rollup_windows``
-holds the same figures per key and tumbling window of event time; a window is emitted to
-``rollups`` once the table partition's watermark (the event time every source partition with
-records pending has reached, :mod:`tables.watermark`) has passed its end plus the
-grace period, then deleted. Closing on the watermark, not on the largest event time seen,
-makes the closed windows the same whether or not a worker crashed on the way (G9).
-
-The engine writes the watermark row of the windows table before the deletions of the windows
-it closes, so after any crash a durable deletion implies a durable watermark that closes it:
-a replayed event of a closed window is recognised as late, and a window is never re-opened
-with part of its events.
+Input: ``{"key": str, "value": number, "ts": epoch-ms}`` on ``events``, on any partition. The
+first agent validates each event (anything else goes to the dead letters with its reason) and
+sends it to the repartition topic keyed by ``key``. The second folds it into ``rollup_totals``
+(count/sum/min/max per key) and into ``rollup_windows`` (the same per key and tumbling window of
+event time). A window is emitted to ``rollups`` and deleted once the table partition's
+watermark — the event time every source partition with records pending has reached
+(:mod:`tables.watermark`) — has passed its end plus ``SLUICE_WINDOW_GRACE_MS``. Closing on the
+watermark, not on the largest event time seen, makes the closed windows the same whether or not
+a worker crashed on the way (G9). An event time more than ``SLUICE_MAX_EVENT_TIME_SKEW_MS``
+ahead of its record's broker timestamp is dead-lettered (``ts_out_of_range``): one bad ``ts``
+must not close every window.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from service.job import BadRecord, Job, Outputs
-from tables.positions import Origin, Positions
-from tables.rollup import ROLLUP_TOTALS, ROLLUP_WINDOWS
-from tables.table import META_PREFIX, TablePartition
-from tables.watermark import PartitionClock
+from agents.wordcount import input_topic
+from service.app.units import BadRecord
+from service.settings import Settings
 
-INPUT_TOPIC = "events"
-OUTPUT_TOPIC = "rollups"
-WINDOW_MS = 60_000
+if TYPE_CHECKING:
+    from service.app.base import App
+from tables import rollup as table_def
+from tables.table import META_PREFIX
+
+WINDOW_MS = table_def.WINDOW_SECONDS * 1000
 
 Figures = dict[str, float]
 
 
-def parse(value: bytes) -> tuple[str, float, int]:
+def parse(value: bytes | None) -> tuple[str, float, int]:
     """Validate one event; raise :class:`BadRecord` naming what is wrong."""
+    if value is None:
+        raise BadRecord("null_value")
     try:
         doc = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
@@ -60,15 +61,6 @@ def parse(value: bytes) -> tuple[str, float, int]:
     return key, number, ts
 
 
-def split(key: bytes | None, value: bytes) -> list[tuple[str, list[Any]]]:
-    event_key, number, ts = parse(value)
-    return [(event_key, [number, ts])]
-
-
-def event_time(payload: list[Any]) -> int:
-    return int(payload[1])
-
-
 def fold(figures: Figures | None, value: float) -> Figures:
     """count/sum/min/max with one more value."""
     if figures is None:
@@ -81,86 +73,54 @@ def fold(figures: Figures | None, value: float) -> Figures:
     }
 
 
-def window_start(ts: int) -> int:
-    return ts - ts % WINDOW_MS
-
-
-def window_key(start: int, key: str) -> str:
-    return f"{start:015d}|{key}"
-
-
-def closed(start: int, watermark: int, grace_ms: int) -> bool:
-    """A window closes once the watermark reaches its end plus the grace period."""
-    return start + WINDOW_MS + grace_ms <= watermark
-
-
 def window_record(key: str, start: int, figures: Figures) -> dict[str, Any]:
     """What ``rollups`` receives for a closed window."""
     return {"key": key, "window_start": start, "window_end": start + WINDOW_MS, **figures}
 
 
-class RollupProcessor:
-    def __init__(
-        self, tables: dict[str, TablePartition], clock: PartitionClock | None, grace_ms: int, on_late: Any
-    ) -> None:
-        assert clock is not None, "rollup closes windows on a watermark"
-        self.totals = tables[ROLLUP_TOTALS.name]
-        self.windows = tables[ROLLUP_WINDOWS.name]
-        self.clock = clock
-        self.grace_ms = grace_ms
-        self.on_late = on_late
-        self.open: list[tuple[int, str]] = [
-            (int(k.split("|", 1)[0]), k.split("|", 1)[1])
-            for k, _ in self.windows.rows()
-            if not k.startswith(META_PREFIX)
-        ]
-        heapq.heapify(self.open)
-
-    def apply(self, key: str, payload: Any, origin: Origin, out: Outputs) -> None:
-        number, ts = payload
-        self.totals.update(key, origin, fold, number)
-        start = window_start(ts)
-        if closed(start, self.clock.watermark, self.grace_ms):
-            self.on_late()
-            return
-        wkey = window_key(start, key)
-        is_open = self.windows.row(wkey) is not None
-        applied = self.windows.update(wkey, origin, fold, number)
-        if applied is not None and not is_open:
-            heapq.heappush(self.open, (start, key))
-
-    def end_batch(self, out: Outputs) -> None:
-        watermark = self.clock.watermark
-        while self.open and closed(self.open[0][0], watermark, self.grace_ms):
-            start, key = heapq.heappop(self.open)
-            wkey = window_key(start, key)
-            row = self.windows.row(wkey)
-            if row is None:
-                continue
-            origin = _last_origin(row.positions)
-            out.emit(("w", start, key), key, window_record(key, start, row.value), origin)
-            self.windows.delete(wkey)
+def event_time(event: Any) -> float:
+    """Where an update's event time is (seconds, as Faust's windows count): its ``ts``."""
+    return float(event.value[1]) / 1000
 
 
-def _last_origin(positions: Positions) -> Origin:
-    """Some origin that contributed to a window, for the output's source headers."""
-    source, (offset, index) = max(positions.items(), key=lambda item: item[1])
-    return Origin(source, offset, index, 0)
+def register(app: App, settings: Settings) -> tuple[Any, Any]:
+    """Declare rollup's topics, tables and agents on ``app``; return the two agents."""
+    limit = settings.max_record_bytes
+    skew = settings.max_event_time_skew_ms
+    events = input_topic(app, settings, settings.rollup_input_topic, settings.rollup_input_pattern)
+    by_key = app.topic(f"{settings.app_id}-rollup-repartition", internal=True, key_type=str, watermarks=True)
+    rollups = app.topic(settings.rollup_output_topic, key_type=str)
 
+    async def emit(window: Any, figures: Figures) -> None:
+        key, (start, _end) = window
+        start_ms = round(start * 1000)
+        await rollups.send(key=key, value=window_record(key, start_ms, figures))
 
-def build(
-    grace_ms: int,
-    on_late: Any = lambda: None,
-    input_topic: str = INPUT_TOPIC,
-    output_topic: str = OUTPUT_TOPIC,
-) -> Job:
-    return Job(
-        name="rollup",
-        input_topic=input_topic,
-        output_topic=output_topic,
-        tables=(ROLLUP_TOTALS, ROLLUP_WINDOWS),
-        split=split,
-        processor=lambda tables, clock: RollupProcessor(tables, clock, grace_ms, on_late),
-        event_time=event_time,
-        watermark_table=ROLLUP_WINDOWS.name,
-    )
+    totals = table_def.define_totals(app)
+    windows = table_def.define_windows(app, settings.window_grace_ms, [events], emit, event_time)
+
+    @app.agent(events, name="rollup", job="rollup", origin_tag="")
+    async def validate(stream: Any) -> None:
+        """Valid events to the partition that owns their key; the rest to the dead letters."""
+        async for event in stream.events():
+            value = event.value
+            if value is not None and len(value) > limit:
+                raise BadRecord("oversized", f"{len(value)} > {limit} bytes")
+            key, number, ts = parse(value)
+            broker_ms = int(event.message.timestamp * 1000)
+            if ts > broker_ms + skew:
+                raise BadRecord(
+                    "ts_out_of_range", f"ts {ts} is more than {skew} ms ahead of the record's {broker_ms}"
+                )
+            await by_key.send(key=key, value=[number, ts], timestamp=ts / 1000)
+
+    @app.agent(by_key, name="rollup-fold", job="rollup", origin_tag="")
+    async def fold_events(stream: Any) -> None:
+        """Fold an event into its key's totals and its window."""
+        async for event in stream.events():
+            key = event.key
+            number, _ts = event.value
+            totals[key] = fold(totals[key], number)
+            windows[key] = fold(windows[key].value(), number)
+
+    return validate, fold_events

@@ -1,8 +1,14 @@
 """wordcount: text lines in, a running count per word, count updates out.
 
-The canonical Spark Streaming + Kafka job. Lines arrive unkeyed on any partition of
-``lines``; the engine repartitions each line's words by word, so one partition owns each
-word's count and the count is exact whatever partition a line arrived on.
+The canonical Spark Streaming + Kafka job, as two Faust agents. Lines arrive unkeyed on any
+partition of ``lines``; the first agent sends each line's words to the repartition topic keyed
+by word, so one partition owns each word's count whatever partition a line arrived on; the
+second adds them up in the ``wordcount`` table and sends each new count to ``word-counts``.
+
+The repartition topic is packed and combined (``combine=operator.add``): the words of a fetched
+batch travel as one record per target partition, one update per word with the lines it stands
+for (:mod:`service.repartition`). Every update is guarded by its line's position: a line
+replayed after a crash changes no count.
 """
 
 from __future__ import annotations
@@ -10,15 +16,15 @@ from __future__ import annotations
 import operator
 import re
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from service.job import BadRecord, Job, Outputs
-from tables.positions import Origin
-from tables.table import TablePartition
-from tables.wordcount import WORDCOUNT
+from service.app.units import BadRecord
+from service.settings import Settings
 
-INPUT_TOPIC = "lines"
-OUTPUT_TOPIC = "word-counts"
+if TYPE_CHECKING:
+    from service.app.base import App
+from tables import wordcount as table_def
+
 _WORD = re.compile(r"\w+")
 
 
@@ -27,18 +33,17 @@ def tokens(line: str) -> Counter[str]:
     return Counter(_WORD.findall(line.lower()))
 
 
-def split(key: bytes | None, value: bytes) -> list[tuple[str, int]]:
-    """One update per distinct word of the line: (word, occurrences)."""
+def words_of(value: bytes | None, limit: int) -> Counter[str]:
+    """The words of one input record; :class:`BadRecord` names what is wrong with it."""
+    if value is None:
+        raise BadRecord("null_value")
+    if len(value) > limit:
+        raise BadRecord("oversized", f"{len(value)} > {limit} bytes")
     try:
         line = value.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BadRecord("invalid_utf8", str(exc)) from None
-    return list(tokens(line).items())
-
-
-def add(count: int | None, occurrences: int) -> int:
-    """The fold: a word's new count."""
-    return (count or 0) + occurrences
+    return tokens(line)
 
 
 def update_record(word: str, count: int) -> dict[str, Any]:
@@ -46,26 +51,39 @@ def update_record(word: str, count: int) -> dict[str, Any]:
     return {"word": word, "count": count}
 
 
-class WordCountProcessor:
-    def __init__(self, tables: dict[str, TablePartition], clock: object = None) -> None:
-        self.counts = tables[WORDCOUNT.name]
-
-    def apply(self, key: str, payload: Any, origin: Origin, out: Outputs) -> None:
-        count = self.counts.update(key, origin, add, payload)
-        if count is not None:
-            out.emit(key, key, update_record(key, count), origin)
-
-    def end_batch(self, out: Outputs) -> None:
-        return None
+def input_topic(app: Any, settings: Settings, topic: str, pattern: str | None) -> Any:
+    if pattern is not None:
+        return app.topic(pattern=pattern, value_type=bytes, value_serializer="raw")
+    return app.topic(topic, value_type=bytes, value_serializer="raw")
 
 
-def build(input_topic: str = INPUT_TOPIC, output_topic: str = OUTPUT_TOPIC) -> Job:
-    return Job(
-        name="wordcount",
-        input_topic=input_topic,
-        output_topic=output_topic,
-        tables=(WORDCOUNT,),
-        split=split,
-        processor=WordCountProcessor,
+def register(app: App, settings: Settings) -> tuple[Any, Any]:
+    """Declare wordcount's topics, table and agents on ``app``; return the two agents."""
+    lines = input_topic(app, settings, settings.wordcount_input_topic, settings.wordcount_input_pattern)
+    words = app.topic(
+        f"{settings.app_id}-wordcount-repartition",
+        internal=True,
+        key_type=str,
+        value_type=int,
         combine=operator.add,
     )
+    counts = app.topic(settings.wordcount_output_topic, key_type=str)
+    table = table_def.define(app)
+    limit = settings.max_record_bytes
+
+    @app.agent(lines, name="wordcount", job="wordcount", origin_tag="")
+    async def split(stream: Any) -> None:
+        """Each line's words, to the partition that owns each word."""
+        async for event in stream.events():
+            for word, n in words_of(event.value, limit).items():
+                await words.send(key=word, value=n)
+
+    @app.agent(words, name="wordcount-count", job="wordcount", origin_tag="")
+    async def count(stream: Any) -> None:
+        """Add a word's occurrences to its count; send the new count."""
+        async for word, n in stream.items():
+            total = table[word] + n
+            table[word] = total
+            await counts.send(key=word, value=update_record(word, total))
+
+    return split, count

@@ -65,13 +65,13 @@ METRICS_OFF_REASON = (
 
 def engine_features() -> dict[str, bool]:
     """Which optional variants the sluice in this tree supports (older trees lack them)."""
-    from service.app import job_catalog
-    from service.metrics import Metrics
-    from service.settings import Settings, load_settings
+    from service.settings import Settings
 
     try:
-        stateless = "tokenize" in job_catalog(load_settings(), Metrics(process=False))
-    except Exception:  # a catalog this bench does not know how to build: treat as absent
+        from service.app.builtin import JOBS
+
+        stateless = "tokenize" in JOBS
+    except Exception:  # a tree this bench does not know: treat as absent
         stateless = False
     return {"stateless": stateless, "metrics_off": "metrics_enabled" in Settings.model_fields}
 

@@ -37,16 +37,19 @@ class Sender:
         key: bytes | None,
         value: bytes | None,
         headers: Headers | None = None,
+        timestamp: float | None = None,
     ) -> None:
+        """``timestamp``: seconds since the epoch (Faust's unit), or ``None`` for now."""
         tp = (topic, partition)
+        ts = int(timestamp * 1000) if timestamp is not None else None
         headers = headers if headers is not None else _NO_HEADERS
         slot = self._open.get(tp)
         if slot is None:
             slot = self._open[tp] = [self._producer.create_batch(), 0]
-        if slot[0].append(timestamp=None, key=key, value=value, headers=headers) is None:
+        if slot[0].append(timestamp=ts, key=key, value=value, headers=headers) is None:
             self._full.append((tp, slot[0], slot[1]))
             slot[0], slot[1] = self._producer.create_batch(), 0
-            if slot[0].append(timestamp=None, key=key, value=value, headers=headers) is None:
+            if slot[0].append(timestamp=ts, key=key, value=value, headers=headers) is None:
                 raise OperationError(f"a record for {topic} is larger than the producer's batch size")
         slot[1] += 1
 

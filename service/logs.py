@@ -49,6 +49,20 @@ def configure(level: str = "INFO") -> None:
     logging.getLogger("aiokafka").setLevel(max(root.level, logging.WARNING))
 
 
+def logging_config(level: str = "INFO") -> dict[str, Any]:
+    """The same JSON logs as a ``logging.config.dictConfig`` (what ``faust worker`` applies)."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": f"{__name__}.JsonFormatter"}},
+        "handlers": {
+            "stderr": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr", "formatter": "json"}
+        },
+        "root": {"handlers": ["stderr"], "level": level.upper()},
+        "loggers": {"aiokafka": {"level": max(logging.getLevelName(level.upper()), logging.WARNING)}},
+    }
+
+
 def redact(values: Mapping[str, Any]) -> dict[str, Any]:
     """Copy of ``values`` with anything secret-looking replaced, for logging settings."""
     return {

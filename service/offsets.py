@@ -9,6 +9,7 @@ the audit shows operators, per partition, what that rule would do and whether it
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -18,7 +19,6 @@ from service.changelog import read_table
 from service.engine import records_between, resume_position
 from service.engine.incarnations import Incarnations
 from service.errors import OperationError
-from service.job import Job
 from service.kafka.client_config import client_kwargs
 from service.kafka.topic_ids import topic_ids
 from service.settings import OnOffsetAhead, Settings
@@ -53,15 +53,16 @@ class PartitionAudit:
         return max(0, self.log_end - position)
 
 
-def source_topics(settings: Settings, jobs: list[Job], existing: set[str]) -> dict[str, Job]:
-    """Every topic the jobs read: inputs (or existing topics matching an input pattern) and
-    repartition topics."""
-    topics: dict[str, Job] = {}
-    for job in jobs:
-        for topic in existing:
-            if job.reads(topic):
-                topics[topic] = job
-        topics[job.repartition_topic(settings.app_id)] = job
+def source_topics(app: Any, existing: set[str]) -> dict[str, str]:
+    """Every topic the app's agents read (existing topics matching a pattern included), with the
+    job label of the first agent reading it."""
+    topics: dict[str, str] = {}
+    for agent in app.agents.values():
+        channel = agent.channel
+        pattern = getattr(channel, "pattern", None)
+        names = [t for t in existing if pattern.fullmatch(t)] if pattern else list(channel.topics)
+        for name in names:
+            topics.setdefault(name, agent.job)
     return topics
 
 
@@ -81,9 +82,10 @@ async def current_incarnations(settings: Settings, topics: list[str]) -> dict[st
     return out
 
 
-async def table_offsets(settings: Settings, jobs: list[Job]) -> dict[TopicPartition, int]:
-    """Every position the tables hold, read from the changelogs (not from any worker); stage-1
-    positions only of the incarnation of each input topic that exists now."""
+async def table_offsets(settings: Settings, app: Any) -> dict[TopicPartition, int]:
+    """Every position the tables hold, read from the changelogs (not from any worker): the
+    offsets table (only the incarnation of each topic that exists now), and for state written
+    before positions lived there, the bookkeeping rows of the tables (the lowest)."""
     held: dict[TopicPartition, int] = {}
     rows = []
     for entry in await read_table(settings, OFFSETS.name):
@@ -92,36 +94,35 @@ async def table_offsets(settings: Settings, jobs: list[Job]) -> dict[TopicPartit
     for topic, partition, inc, offset in rows:
         if current.get(topic, 0) == inc:
             held[TopicPartition(topic, partition)] = offset
-    for job in jobs:
-        # Each table of a job records the stage-2 position; the job resumes from the lowest.
-        per_table: list[dict[TopicPartition, int]] = []
-        for spec in job.tables:
-            positions = {}
-            for entry in await read_table(settings, spec.name, include_meta=True):
-                if entry.key.startswith(SOURCE_OFFSET_PREFIX):
-                    name, _, number = entry.key[len(SOURCE_OFFSET_PREFIX) :].rpartition(":")
-                    positions[TopicPartition(name, int(number))] = int(entry.value)
-            per_table.append(positions)
-        if per_table:
-            for tp in set.intersection(*(set(p) for p in per_table)):
-                held[tp] = min(p[tp] for p in per_table)
+    legacy: dict[TopicPartition, list[int]] = {}
+    for table in app.tables.values():
+        try:
+            entries = await read_table(settings, table.name, include_meta=True)
+        except OperationError:  # not created yet
+            continue
+        for entry in entries:
+            if entry.key.startswith(SOURCE_OFFSET_PREFIX):
+                name, _, number = entry.key[len(SOURCE_OFFSET_PREFIX) :].rpartition(":")
+                legacy.setdefault(TopicPartition(name, int(number)), []).append(int(entry.value))
+    for tp, values in legacy.items():
+        held.setdefault(tp, min(values))
     return held
 
 
-async def audit(settings: Settings, jobs: list[Job], group: str | None = None) -> list[PartitionAudit]:
+async def audit(settings: Settings, app: Any, group: str | None = None) -> list[PartitionAudit]:
     group = group or settings.app_id
     admin = AIOKafkaAdminClient(**client_kwargs(settings, client_id=f"{settings.app_id}-audit"))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        topics = source_topics(settings, jobs, existing)
+        topics = source_topics(app, existing)
         described = await admin.describe_topics([t for t in topics if t in existing])
         committed = await admin.list_consumer_group_offsets(group)
     finally:
         await admin.close()
     tps = sorted(TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"])
     ends = await _end_offsets(settings, tps)
-    held = await table_offsets(settings, jobs)
+    held = await table_offsets(settings, app)
     out = []
     for tp in tps:
         meta = committed.get(tp)
@@ -133,7 +134,7 @@ async def audit(settings: Settings, jobs: list[Job], group: str | None = None) -
                 verdict = "ok"  # only transaction markers between the two
         out.append(
             PartitionAudit(
-                tp.topic, tp.partition, topics[tp.topic].name, group_offset, held.get(tp), ends[tp], verdict
+                tp.topic, tp.partition, topics[tp.topic], group_offset, held.get(tp), ends[tp], verdict
             )
         )
     return out

@@ -1,32 +1,35 @@
-"""Repartition records: how stage 1 hands one source partition's updates to the table
-partition that owns each key, and how stage 2 reads them back with their origins.
+"""Packed records: how the sends of a batch to an internal topic travel as few Kafka records,
+and how the agents reading it get them back as events with their origins.
 
-Stage 1 groups a fetched batch's updates per target partition as *entries*, one per source
-record: ``[offset, timestamp, [[key, payload, seq], ...]]``. A record carries them as JSON:
+The outbox groups a batch's sends to a packed topic per (target partition, source) as
+*entries*, one per sending event: ``[at, timestamp, [[key, payload, seq], ...]]`` where ``at`` is
+the sending event's offset (or its whole position after more than one hop) and ``seq`` the
+send's index in it. A record carries them as JSON:
 
-* ``{"t": topic, "p": partition, "e": entries}`` for a job without ``combine``: every update
-  keeps its own origin ``(offset, seq)``.
-* ``{"t", "p", "ts", "c": [[key, payload, first_offset, first_seq, last_offset, last_seq,
-  count], ...]}`` for a job with ``combine``: one update per key, the merge of the ``count``
-  updates of that key in the record's entries. The entries themselves travel in the
-  ``sluice.parts`` header.
-* ``"i"``: the source topic's incarnation, when it was re-created (see
-  :mod:`service.engine.incarnations`); absent for the first.
-* For a job with event-time windows, the last record of a batch for each target also carries
-  ``"w"`` and ``"o"``: the event time the source has reached and the source offset it has
-  processed up to (see :mod:`tables.watermark`); a batch with no update for a target
-  still sends it a record with no updates, so every table partition hears from every source.
+* ``{"s": source, "e": entries}``: every update keeps its own origin ``(at, seq)``.
+* ``{"s", "ts", "c": [[key, payload, first_at, first_seq, last_at, last_seq, count], ...]}``
+  for a topic with ``combine``: one update per key, the merge of the ``count`` updates of that
+  key in the record's entries. The entries themselves travel in the ``sluice.parts`` header.
+* For a topic with watermarks, the last record of a batch for each target also carries ``"w"``
+  and ``"o"``: the event time the source has reached and the source offset it has processed up
+  to (see :mod:`tables.watermark`); a batch with no update for a target still sends it a record
+  with no updates, so every partition hears from every source.
+
+Records written before the source key was carried (``{"t": topic, "p": partition, "i": n}``)
+are still read.
 
 Why the header: the guard needs the individual parts only when a row has applied some of them
 and not others, which happens only after a replay whose batches were cut at other offsets than
-the first run's. Stage 2 decodes the header in that rare case alone; the common path decodes
-one short entry per key instead of one per occurrence.
+the first run's. The agent gets the combined update, and only in that rare case its parts one
+by one (:class:`service.app.units.Redeliver`); the common path decodes one short entry per key
+instead of one per occurrence.
 
 Size: a record stays under :data:`MAX_REPARTITION_RECORD`. Entries are split over several
 records, and so are the updates of one source record that fans out widely (a 590 KB line of
-100,000 distinct words): every update keeps its own ``(offset, seq)``, so any split keeps the
-guard exact. Only a single update larger than the limit cannot be carried
-(:class:`OversizedUpdate`); stage 1 dead-letters its source record before sending anything.
+100,000 distinct words): every update keeps its own ``(at, seq)``, so any split keeps the guard
+exact. Only a single update larger than the limit cannot be carried (:class:`OversizedUpdate`);
+the send that would make it is refused with ``BadRecord("oversized_fanout")`` and its event is
+dead-lettered, nothing of it sent.
 """
 
 from __future__ import annotations
@@ -57,17 +60,15 @@ class OversizedUpdate(ValueError):
 
 
 def encode(
-    topic: str,
-    partition: int,
+    source: str,
     entries: list[Entry],
     combine: Combine | None,
     clock: tuple[int, int] | None = None,
-    incarnation: int = 0,
 ) -> list[tuple[bytes, Headers]]:
     """The records (value, headers) carrying ``entries``, each under
     :data:`MAX_REPARTITION_RECORD`; ``clock`` (``(w, o)``) rides on the last one, so that no
     update of the batch reaches a table partition after the clock that follows it."""
-    value, headers = _record(topic, partition, entries, combine, clock, incarnation)
+    value, headers = _record(source, entries, combine, clock)
     if len(value) + sum(len(v) for _, v in headers) <= MAX_REPARTITION_RECORD:
         return [(value, headers)]
     if len(entries) > 1:
@@ -79,22 +80,13 @@ def encode(
             raise OversizedUpdate(f"one update needs {len(value)} bytes")
         half = len(updates) // 2
         first, second = [[offset, ts, updates[:half]]], [[offset, ts, updates[half:]]]
-    return encode(topic, partition, first, combine, None, incarnation) + encode(
-        topic, partition, second, combine, clock, incarnation
-    )
+    return encode(source, first, combine, None) + encode(source, second, combine, clock)
 
 
 def _record(
-    topic: str,
-    partition: int,
-    entries: list[Entry],
-    combine: Combine | None,
-    clock: tuple[int, int] | None,
-    incarnation: int,
+    source: str, entries: list[Entry], combine: Combine | None, clock: tuple[int, int] | None
 ) -> tuple[bytes, Headers]:
-    doc: dict[str, Any] = {"t": topic, "p": partition}
-    if incarnation:
-        doc["i"] = incarnation
+    doc: dict[str, Any] = {"s": source}
     headers: Headers = []
     if combine is None or not entries:
         doc["e"] = entries
@@ -139,7 +131,7 @@ def decode(value: bytes, headers: Any, combine: Combine | None) -> Decoded:
     doc = orjson.loads(value)
     if not isinstance(doc, dict):
         raise ValueError("not a JSON object")
-    source = source_key(str(doc["t"]), int(doc["p"]), int(doc.get("i", 0)))
+    source = doc["s"] if "s" in doc else source_key(str(doc["t"]), int(doc["p"]), int(doc.get("i", 0)))
     clock = (int(doc["w"]), int(doc["o"])) if "w" in doc else None
     if "c" in doc:
         if combine is None:
@@ -152,18 +144,24 @@ def decode(value: bytes, headers: Any, combine: Combine | None) -> Decoded:
             (
                 str(key),
                 payload,
-                Origin(source, last_offset, last_seq, ts, [first_offset, first_seq], count, parts),
+                Origin(source, _pos(last_at, last_seq), ts, _pos(first_at, first_seq), int(count), parts),
             )
-            for key, payload, first_offset, first_seq, last_offset, last_seq, count in doc["c"]
+            for key, payload, first_at, first_seq, last_at, last_seq, count in doc["c"]
         ]
         return Decoded(source, ts, updates, clock)
     entries = doc["e"]
     updates = [
-        (str(key), payload, Origin(source, int(offset), int(seq), int(ts)))
-        for offset, ts, items in entries
+        (str(key), payload, Origin(source, _pos(at, seq), int(ts)))
+        for at, ts, items in entries
         for key, payload, seq in items
     ]
     return Decoded(source, int(entries[0][1]) if entries else None, updates, clock)
+
+
+def _pos(at: int | list[int], seq: int) -> list[int]:
+    """A position from an entry's ``at`` (the sending event's offset, or its whole position
+    after more than one hop) and the send's index."""
+    return [int(at), int(seq)] if isinstance(at, int) else [*at, int(seq)]
 
 
 class HeaderParts:
@@ -172,27 +170,30 @@ class HeaderParts:
     def __init__(self, headers: Any, combine: Combine) -> None:
         self._headers = headers
         self._combine = combine
-        self._by_key: dict[str, list[tuple[int, int, Any]]] | None = None
+        self._by_key: dict[str, list[tuple[list[int], Any]]] | None = None
 
     def unseen(self, key: str, after: list[int]) -> tuple[Any, int]:
         """The merged payload of ``key``'s parts after position ``after``, and how many parts
         are at or before it (already applied). At least one part is after it: the caller has
         checked that the last one is."""
-        by_key = self._by_key if self._by_key is not None else self._decode()
-        parts = by_key[key]
-        fresh = [p for o, s, p in parts if o > after[0] or (o == after[0] and s > after[1])]
+        parts = self.split(key)
+        fresh = [payload for position, payload in parts if position > after]
         merged = fresh[0]
         for payload in fresh[1:]:
             merged = self._combine(merged, payload)
         return merged, len(parts) - len(fresh)
 
-    def _decode(self) -> dict[str, list[tuple[int, int, Any]]]:
+    def split(self, key: str) -> list[tuple[list[int], Any]]:
+        by_key = self._by_key if self._by_key is not None else self._decode()
+        return by_key[key]
+
+    def _decode(self) -> dict[str, list[tuple[list[int], Any]]]:
         data = next((v for k, v in self._headers if k == PARTS_HEADER), None)
         if data is None:
             raise ValueError(f"a combined repartition record without its {PARTS_HEADER} header")
-        by_key: dict[str, list[tuple[int, int, Any]]] = {}
-        for offset, _ts, updates in orjson.loads(data):
+        by_key: dict[str, list[tuple[list[int], Any]]] = {}
+        for at, _ts, updates in orjson.loads(data):
             for key, payload, seq in updates:
-                by_key.setdefault(key, []).append((offset, seq, payload))
+                by_key.setdefault(key, []).append((_pos(at, seq), payload))
         self._by_key = by_key
         return by_key

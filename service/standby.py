@@ -1,8 +1,9 @@
 """Standby replicas: warm copies of table partitions another worker owns.
 
-With ``SLUICE_STANDBY_REPLICAS=N`` the group's assignor (:class:`StandbyAssignor`) gives each
-table partition, besides its owner, N other workers that keep a copy of it by tailing its
-changelog into their local RocksDB (:class:`StandbyReplicator`). When the owner dies, the
+With ``SLUICE_STANDBY_REPLICAS=N`` the group's assignor
+(:class:`service.engine.assignor.CopartitionedAssignor`) gives each table partition, besides its
+owner, N other workers that keep a copy of it by tailing its changelog into their local RocksDB
+(:class:`StandbyReplicator`). When the owner dies, the
 partition moves to a worker that most likely holds a copy, and its restore reads only the
 changelog's tail instead of the whole partition.
 
@@ -20,15 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
-from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
-from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment, ConsumerProtocolMemberMetadata
 
 from service.errors import StateError
 from service.kafka.client_config import client_kwargs
@@ -38,51 +35,6 @@ from tables.store import PartitionStore
 from tables.table import TableSpec
 
 log = logging.getLogger(__name__)
-
-
-class StandbyAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
-    """Round-robin for the active partitions, plus N standby owners per stateful partition,
-    carried to each member in its assignment's user data."""
-
-    name = "sluice-standby"
-    version = 0
-
-    def __init__(self, replicas: int, stateful_topics: Iterable[str]) -> None:
-        self.replicas = replicas
-        self.stateful_topics = frozenset(stateful_topics)
-        self.standby: set[TopicPartition] = set()
-
-    def assign(
-        self, cluster: Any, members: Mapping[str, ConsumerProtocolMemberMetadata]
-    ) -> dict[str, ConsumerProtocolMemberAssignment]:
-        active = RoundRobinPartitionAssignor.assign(cluster, members)
-        owner = {
-            (topic, partition): member
-            for member, assignment in active.items()
-            for topic, partitions in assignment.assignment
-            for partition in partitions
-        }
-        ordered = sorted(members)
-        standby: dict[str, list[list[Any]]] = {member: [] for member in ordered}
-        for (topic, partition), member in sorted(owner.items()):
-            if topic not in self.stateful_topics:
-                continue
-            others = [m for m in ordered if m != member]
-            for k in range(min(self.replicas, len(others))):
-                standby[others[(partition + k) % len(others)]].append([topic, partition])
-        return {
-            member: ConsumerProtocolMemberAssignment(
-                self.version, assignment.assignment, orjson.dumps(standby[member])
-            )
-            for member, assignment in active.items()
-        }
-
-    def metadata(self, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
-        return ConsumerProtocolMemberMetadata(self.version, list(topics), b"")
-
-    def on_assignment(self, assignment: ConsumerProtocolMemberAssignment) -> None:
-        data = orjson.loads(assignment.user_data) if assignment.user_data else []
-        self.standby = {TopicPartition(topic, partition) for topic, partition in data}
 
 
 class StandbyReplicator:

@@ -1,4 +1,5 @@
-"""The topics a worker needs, created at start when missing.
+"""The topics a worker needs (the app's declared topics and its tables' changelogs), created
+at start when missing.
 
 Internal topics (repartition, changelog) must have exactly ``SLUICE_TOPIC_PARTITIONS``
 partitions: table partition *q* is fed by repartition partition *q* and backed by changelog
@@ -15,10 +16,8 @@ from dataclasses import dataclass, field
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from service.errors import OperationError, StateError
-from service.job import Job
 from service.kafka.client_config import client_kwargs
 from service.settings import Settings
-from tables.offsets import OFFSETS
 
 log = logging.getLogger(__name__)
 
@@ -32,45 +31,6 @@ class TopicSpec:
     internal: bool
     """Internal topics must have exactly ``partitions``; others just need to exist."""
     config: dict[str, str] = field(default_factory=dict)
-
-
-def worker_topics(settings: Settings, jobs: Sequence[Job]) -> list[TopicSpec]:
-    """Every topic the jobs need, each once (several jobs may read one input topic)."""
-    n = settings.topic_partitions
-    specs = [
-        TopicSpec(settings.dead_letter_topic, n, internal=False),
-        # Written every commit: small segments keep the compacted log short to read on assignment.
-        TopicSpec(
-            OFFSETS.changelog_topic(settings.app_id),
-            n,
-            internal=True,
-            config={"cleanup.policy": "compact", "segment.ms": "60000", "min.cleanable.dirty.ratio": "0.1"},
-        ),
-    ]
-    for job in jobs:
-        if job.input_pattern is None:
-            specs.append(TopicSpec(job.input_topic, n, internal=False))
-        specs.append(TopicSpec(job.output_topic, n, internal=False))
-        if not job.tables:
-            continue
-        # Kept until every reader is past them (the worker deletes what lies below its committed
-        # offset), as Kafka Streams does: a time limit could delete records stage 2 has not read.
-        specs.append(
-            TopicSpec(job.repartition_topic(settings.app_id), n, internal=True, config={"retention.ms": "-1"})
-        )
-        for table in job.tables:
-            specs.append(
-                TopicSpec(
-                    table.changelog_topic(settings.app_id),
-                    n,
-                    internal=True,
-                    config={"cleanup.policy": "compact"},
-                )
-            )
-    unique: dict[str, TopicSpec] = {}
-    for spec in specs:
-        unique.setdefault(spec.name, spec)
-    return list(unique.values())
 
 
 async def ensure_topics(settings: Settings, specs: Sequence[TopicSpec]) -> dict[str, int]:

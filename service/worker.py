@@ -1,4 +1,7 @@
-"""Run a worker until SIGTERM/SIGINT, and turn what happened into an exit code.
+"""Run the app until SIGTERM/SIGINT, and turn what happened into an exit code.
+
+``sluice worker`` runs the same ``service.App`` as ``faust -A service.main worker``, with
+sluice's own signal handling around it:
 
 0: stopped on a signal after draining, committing and leaving the group within
 ``SLUICE_SHUTDOWN_TIMEOUT``. 1: a runtime failure (e.g. the broker unreachable): nothing past
@@ -16,12 +19,10 @@ import logging
 import os
 import signal
 import sys
+from typing import Any
 
-from service.app import App, create_app
 from service.errors import SluiceError
 from service.logs import redact
-from service.settings import Settings
-from service.web import start_web
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,7 @@ GC_THRESHOLD = (50_000, 20, 100)
 defaults: 700, 10, 10)."""
 
 
-def run_worker(settings: Settings) -> int:
-    app = create_app(settings)
+def run_worker(app: Any) -> int:
     tune_gc()
     return asyncio.run(_serve(app))
 
@@ -47,34 +47,42 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLD)
 
 
-async def _serve(app: App) -> int:
+async def _serve(app: Any) -> int:
     loop = asyncio.get_running_loop()
-    engine = app.engine
-    timeout = app.settings.shutdown_timeout
+    plane = app.data_plane
+    settings = app.sluice_settings
+    timeout = settings.shutdown_timeout
+    stop = asyncio.Event()
 
     def on_signal(signum: int) -> None:
-        if engine.stopping:
+        if stop.is_set():
             return
         log.info("stopping: draining in-flight events", extra={"signal": signal.Signals(signum).name})
-        engine.request_stop()
+        stop.set()
         loop.call_later(timeout, _give_up, timeout)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
-    log.info("settings", extra={"settings": redact(app.settings.model_dump(mode="json"))})
-    runner = None
+    log.info("settings", extra={"settings": redact(settings.model_dump(mode="json"))})
     code = 0
     started = False
     try:
-        runner = await start_web(app)
-        await engine.start()
-        started = True
-        await engine.run()
+        starting = asyncio.ensure_future(app.start())
+        await asyncio.wait(
+            {starting, asyncio.ensure_future(stop.wait())}, return_when=asyncio.FIRST_COMPLETED
+        )
+        if starting.done():
+            starting.result()
+            started = True
+            waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(app.sluice_stopped.wait())}
+            _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+        else:
+            starting.cancel()
     except SluiceError as exc:
         code = _report(exc)
     except Exception as exc:
-        # A client that cannot bootstrap at start is asked why (connect.diagnose_connection):
-        # a security mismatch is configuration (exit 2), a broker that is down stays exit 1.
         diagnosed = await _start_failure(exc, app) if not started else None
         if diagnosed is not None:
             code = _report(diagnosed)
@@ -83,11 +91,20 @@ async def _serve(app: App) -> int:
             code = 1
     finally:
         try:
-            await engine.close()
+            await app.stop()
         except Exception as exc:
             log.warning("close failed", extra={"error": repr(exc)})
-        if runner is not None:
-            await runner.cleanup()
+    failure = plane.failure
+    if code == 0 and failure is not None:
+        if isinstance(failure, SluiceError):
+            code = _report(failure)
+        else:
+            diagnosed = await _start_failure(failure, app) if isinstance(failure, Exception) else None
+            if diagnosed is not None:
+                code = _report(diagnosed)
+            else:
+                log.error("worker failed", extra={"error": repr(failure)}, exc_info=failure)
+                code = 1
     log.info("worker stopped", extra={"exit_code": code})
     return code
 
@@ -99,7 +116,7 @@ def _report(exc: SluiceError) -> int:
     return exc.exit_code
 
 
-async def _start_failure(exc: Exception, app: App) -> SluiceError | None:
+async def _start_failure(exc: Exception, app: Any) -> SluiceError | None:
     """The ConfigError behind a client that failed to start, if a setting is the cause."""
     from aiokafka.errors import KafkaConnectionError
 
@@ -108,7 +125,7 @@ async def _start_failure(exc: Exception, app: App) -> SluiceError | None:
     if not isinstance(exc, KafkaConnectionError):
         return None
     try:
-        return await diagnose_connection(app.settings)
+        return await diagnose_connection(app.sluice_settings)
     except SluiceError as error:  # e.g. the password file vanished meanwhile
         return error
 

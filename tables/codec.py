@@ -3,7 +3,9 @@
 One document per row means one RocksDB value and one changelog record: the value and the
 positions it reflects are written together and can never disagree (G2). ``"s"`` is the
 schema tag of the table, so a release that changes a table's value shape incompatibly is
-refused at start instead of misreading old rows mid-stream.
+refused at start instead of misreading old rows mid-stream. ``"x": 1`` marks a deleted row
+that keeps its positions (a *tombstone*), so an event replayed after its key was deleted is
+still recognised.
 """
 
 from __future__ import annotations
@@ -18,13 +20,21 @@ from tables.positions import Positions
 class Row(NamedTuple):
     value: Any
     positions: Positions
+    deleted: bool = False
 
 
 def encode_row(row: Row, schema: str) -> bytes:
+    if row.deleted:
+        return orjson.dumps({"s": schema, "v": None, "p": row.positions, "x": 1})
     return orjson.dumps({"s": schema, "v": row.value, "p": row.positions})
 
 
 def decode_row(data: bytes) -> tuple[str, Row]:
-    """Return the schema tag and the row (positions as ``[offset, seq]`` pairs)."""
+    """Return the schema tag and the row."""
     doc = orjson.loads(data)
-    return doc.get("s", ""), Row(doc["v"], doc["p"])
+    return doc.get("s", ""), Row(doc["v"], doc["p"], bool(doc.get("x")))
+
+
+def is_sluice_row(data: bytes) -> bool:
+    """Whether a changelog value is a sluice row (stock Faust writes the bare value)."""
+    return data.startswith(b'{"s":')

@@ -1,58 +1,75 @@
 """Source positions: where an update came from, and the guard that refuses to apply it twice.
 
-A row remembers, per source partition (``"topic:partition"``), the position
-``(offset, index)`` of the last update it applied. ``index`` numbers the updates one source
-record produces for different rows-or-the-same-row (the third distinct word of a line), so a
-line that says "the the" is one update of count 2, and a replay of that line is recognised.
+A row remembers, per *source* (``"topic:partition"``, see below), the position of the last
+update it applied. A position is a list of integers compared lexicographically:
 
-Why positions per source partition, and not the offset of the topic the table reads: updates
-reach a table through a repartition topic, and a replayed source record is re-sent there at
-*new* offsets. Only the origin position identifies it. The guard is sound because, per
-(repartition partition, source partition), origins arrive in ascending order with every
-smaller origin arriving first: each producer sends a contiguous ascending run starting at a
-durable position (the group's committed offset or the tables' own), and everything before a
-durable position has been acknowledged.
+* ``[offset]`` — an event read from a topic no agent of the app wrote (a *source* topic);
+* ``[offset, k]`` — the ``k``-th record an agent sent while processing that event, and so on
+  one level deeper per hop (the record an agent sends while processing ``[o, k]`` is
+  ``[o, k, k2]``);
+* a row written twice while one event is processed gets ``[..., 1]``, ``[..., 2]`` for the
+  second and third write (the first keeps the event's own position).
+
+Why positions of the source, and not the offset of the topic a table reads: updates reach a
+table through other topics, and a replayed source record is re-sent at *new* offsets there.
+Only the origin identifies it. The guard is sound because, per (table partition, source), origins
+arrive in ascending order with every smaller origin arriving first: each producer sends a
+contiguous ascending run starting at a durable position (the group's committed offset or the
+tables' own), and everything before a durable position has been acknowledged. A source key
+names the path when there is more than one (``events:3@agent>topic:1``, see
+:mod:`service.app.units`), so each key has one ordered producer.
 """
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple, Protocol
 
-Positions = dict[str, list[int]]
-"""``{"topic:partition": [offset, index]}``: the last origin applied, per source partition
-(lists, as JSON decodes them, so a row read from RocksDB needs no conversion)."""
+Position = list[int]
+Positions = dict[str, Position]
+"""``{source: position}``: the last origin applied, per source (lists, as JSON decodes them, so
+a row read from RocksDB needs no conversion)."""
 
 
 class Parts(Protocol):
     """The individual updates a combined update stands for (see :class:`Origin`)."""
 
-    def unseen(self, key: str, after: list[int]) -> tuple[Any, int]:
+    def unseen(self, key: str, after: Position) -> tuple[Any, int]:
         """The merged payload of ``key``'s parts after position ``after``, and how many of its
         parts are at or before it."""
+
+    def split(self, key: str) -> list[tuple[Position, Any]]:
+        """Every part of ``key``: its position and payload, in order."""
 
 
 class Origin(NamedTuple):
     """The source record an update comes from.
 
-    A *combined* update (see :class:`service.job.Job`'s ``combine``) stands for ``updates``
-    updates of one key from one source partition, from position ``first`` to
-    ``(offset, seq)``. The guard applies all of them, none, or, when the row's position lies
-    between the two, exactly the ones after it, which it asks ``parts`` for.
+    A *combined* update (records of a topic with ``combine``, :mod:`service.repartition`)
+    stands for ``updates`` updates of one key from one source, from position ``first`` to
+    ``position``. The guard applies all of them, none, or, when the row's position lies between
+    the two, exactly the ones after it (``parts`` knows them).
     """
 
-    source: str  # "topic:partition"
-    offset: int
-    seq: int
+    source: str
+    position: Position
     timestamp_ms: int
-    first: list[int] | None = None
+    first: Position | None = None
     updates: int = 1
     parts: Parts | None = None
 
-    @property
-    def position(self) -> list[int]:
-        return [self.offset, self.seq]
+    def extend(self, index: int) -> Origin:
+        """The origin of the ``index``-th write of one row (or send) made for this origin."""
+        return self._replace(position=[*self.position, index], first=None, updates=1, parts=None)
 
 
-def after(offset: int, seq: int, last: list[int]) -> bool:
-    """True when position ``(offset, seq)`` comes after ``last`` (``[offset, seq]``)."""
-    return offset > last[0] or (offset == last[0] and seq > last[1])
+NEW, DUPLICATE, PARTIAL = "new", "duplicate", "partial"
+
+
+def verdict(origin: Origin, last: Position | None) -> str:
+    """Whether a row whose last position for ``origin.source`` is ``last`` has applied none of
+    ``origin`` (NEW), all of it (DUPLICATE) or, for a combined origin, only some (PARTIAL)."""
+    if last is None or (origin.first if origin.first is not None else origin.position) > last:
+        return NEW
+    if origin.position > last:
+        return PARTIAL
+    return DUPLICATE

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 from rocksdict import Options, Rdict, WriteBatch
 
@@ -22,6 +23,28 @@ from service.errors import StateError
 _KEY = b"k"
 _META_CHANGELOG = b"m:changelog-offset"
 _META_SCHEMA = b"m:schema"
+
+
+class Store(Protocol):
+    """What a table partition needs of its local copy (RocksDB, or memory in unit tests)."""
+
+    path: Path
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def changelog_offset(self) -> int: ...
+
+    def schema(self) -> str | None: ...
+
+    def write(
+        self, changes: Iterable[tuple[bytes, bytes | None]], changelog_offset: int, schema: str
+    ) -> None: ...
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]: ...
+
+    def approximate_keys(self) -> int: ...
+
+    def close(self) -> None: ...
 
 
 def claim_data_dir(data_dir: Path, app_id: str) -> None:
@@ -111,3 +134,43 @@ class PartitionStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+class MemoryStore:
+    """A table partition kept in memory, with :class:`PartitionStore`'s interface: for unit
+    tests through ``agent.test_context()``, where no RocksDB and no changelog exist."""
+
+    def __init__(self) -> None:
+        self.path = Path("<memory>")
+        self._rows: dict[bytes, bytes] = {}
+        self._offset = -1
+        self._schema: str | None = None
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._rows.get(key)
+
+    def changelog_offset(self) -> int:
+        return self._offset
+
+    def schema(self) -> str | None:
+        return self._schema
+
+    def write(
+        self, changes: Iterable[tuple[bytes, bytes | None]], changelog_offset: int, schema: str
+    ) -> None:
+        for key, value in changes:
+            if value is None:
+                self._rows.pop(key, None)
+            else:
+                self._rows[key] = value
+        self._offset = changelog_offset
+        self._schema = schema
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        yield from sorted(self._rows.items())
+
+    def approximate_keys(self) -> int:
+        return len(self._rows)
+
+    def close(self) -> None:
+        self._rows.clear()

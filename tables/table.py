@@ -1,11 +1,12 @@
-"""Offset-guarded tables: the one place where state changes, so every job gets the guard.
+"""Offset-guarded table partitions: the one place where state changes, so every agent gets the
+guard.
 
-A job never writes a row directly: it calls :meth:`TablePartition.update` with the update's
-origin and a pure function of the current value. The partition
+Agents write through :class:`service.app.table.Table` (Faust's ``app.Table``), which calls
+:meth:`TablePartition.write` with the origin of the event being processed. The partition
 
-1. refuses the update when the row already applied that origin (a redelivered or replayed
-   event; counted as a skipped duplicate),
-2. otherwise computes the new value and records the origin in the row's positions,
+1. refuses a write whose origin the row has already applied (a redelivered or replayed event;
+   counted as a skipped duplicate) — see :func:`tables.positions.verdict`;
+2. otherwise records the origin in the row's positions next to the new value;
 3. keeps the changed row in memory (``pending``) until the engine has sent it to the changelog
    and the broker acknowledged it; only then it reaches local RocksDB (:meth:`persist`).
 
@@ -21,11 +22,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from tables.codec import Row, decode_row, encode_row
-from tables.positions import Origin, after
-from tables.store import PartitionStore
+from tables.positions import DUPLICATE, Origin, verdict
+from tables.store import Store
 
 META_PREFIX = "\x00"
-"""Keys starting with NUL are the table's own bookkeeping (stream time, source offsets)."""
+"""Keys starting with NUL are the table's own bookkeeping (watermarks, topic ids)."""
+
+MISSING: Any = object()
+"""Undo value of a key that had no pending change."""
 
 
 @dataclass(frozen=True)
@@ -36,19 +40,22 @@ class TableSpec:
     schema: str
     """Tag of the value shape; bump it when a release changes the shape incompatibly."""
     description: str = ""
+    foreign: Callable[[bytes], Any] | None = None
+    """How to read a changelog value stock Faust wrote (no positions): accepted as the
+    starting state when set."""
 
     def changelog_topic(self, app_id: str) -> str:
         return f"{app_id}-{self.name}-changelog"
 
 
 class TablePartition:
-    """One partition of a table on this worker: reads, guarded updates, pending changes."""
+    """One partition of a table on this worker: reads, guarded writes, pending changes."""
 
     def __init__(
         self,
         spec: TableSpec,
         partition: int,
-        store: PartitionStore,
+        store: Store,
         cache_rows: int = 50_000,
         cache_bytes: int = 16 * 1024 * 1024,
     ) -> None:
@@ -59,18 +66,18 @@ class TablePartition:
         """Rows changed since the last persist, in change order; ``None`` is a delete."""
         self._cache: dict[str, Row | None] = {}
         """Decoded persisted rows (``None``: known absent), so a hot key costs no RocksDB read
-        and no JSON decode per update. Only persisted rows enter it; bounded by ``cache_rows`` and
-        by ``cache_bytes`` of their encoded size (a table of large rows must not grow the heap
-        without bound)."""
+        and no JSON decode per update. Only persisted rows enter it; bounded by ``cache_rows``
+        and by ``cache_bytes`` of their encoded size."""
         self.cache_rows = cache_rows
         self.cache_bytes = cache_bytes
         self._cached_bytes = 0
         self.duplicates_skipped = 0
         self.live_sources: frozenset[str] | None = None
-        """The source keys updates can still come from (every partition of the current
-        incarnation of the job's inputs); positions of other sources — deleted or re-created
-        topics — are dropped from a row when it is rewritten, so rows do not grow without
-        bound. ``None``: keep everything."""
+        """Source keys updates can still come from; positions of other sources (deleted or
+        re-created topics) are dropped from a row when it is rewritten, so rows do not grow
+        without bound. ``None``: keep everything."""
+
+    # ------------------------------------------------------------------ reads
 
     def row(self, key: str) -> Row | None:
         if key in self.pending:
@@ -84,6 +91,14 @@ class TablePartition:
         self._remember(key, row, len(raw) if raw is not None else 0)
         return row
 
+    def get(self, key: str) -> Any:
+        row = self.row(key)
+        return row.value if row is not None and not row.deleted else None
+
+    def contains(self, key: str) -> bool:
+        row = self.row(key)
+        return row is not None and not row.deleted
+
     def forget_cache(self) -> None:
         """Drop decoded rows: the store was written behind this object's back (a restore)."""
         self._cache.clear()
@@ -95,49 +110,72 @@ class TablePartition:
         self._cache[key] = row
         self._cached_bytes += size + 64
 
-    def get(self, key: str) -> Any:
+    # ------------------------------------------------------------------ writes
+
+    def verdict(self, key: str, origin: Origin) -> str:
+        """:func:`tables.positions.verdict` of ``origin`` for ``key``'s row."""
         row = self.row(key)
-        return row.value if row is not None else None
+        return verdict(origin, row.positions.get(origin.source) if row is not None else None)
+
+    def check(self, key: str, origin: Origin) -> str:
+        """:meth:`verdict`, counting a duplicate as skipped."""
+        found = self.verdict(key, origin)
+        if found is DUPLICATE:
+            self.duplicates_skipped += origin.updates
+        return found
+
+    def write(self, key: str, value: Any, origin: Origin, *, deleted: bool = False) -> Any:
+        """Set ``key`` to ``value`` (or a tombstone) having applied ``origin`` (the caller
+        checked it is new); return the previous pending entry (for :meth:`restore_pending`)."""
+        row = self.row(key)
+        positions = dict(row.positions) if row is not None else {}
+        live = self.live_sources
+        if live is not None and len(positions) > len(live):
+            positions = {source: p for source, p in positions.items() if source in live}
+        positions[origin.source] = origin.position
+        previous = self.pending.pop(key, MISSING)
+        self.pending[key] = Row(None if deleted else value, positions, deleted)
+        return previous
 
     def update(self, key: str, origin: Origin, fold: Callable[[Any, Any], Any], payload: Any) -> Any:
-        """Set the row to ``fold(current, payload)`` unless it already applied ``origin``; return
-        the new value, or ``None`` when the update was a duplicate. ``current`` is ``None`` for
-        a new row. A combined origin applies only its parts the row has not seen.
-        """
-        row = self.row(key)
-        if row is None:
-            positions = {}
-            current = None
-        else:
-            last = row.positions.get(origin.source)
-            if last is not None:
-                if not after(origin.offset, origin.seq, last):
-                    self.duplicates_skipped += origin.updates
-                    return None
-                first = origin.first
-                if first is not None and not after(first[0], first[1], last):
-                    assert origin.parts is not None
-                    payload, seen = origin.parts.unseen(key, last)
-                    self.duplicates_skipped += seen
-            positions = dict(row.positions)
-            live = self.live_sources
-            if live is not None and len(positions) > len(live):
-                positions = {source: p for source, p in positions.items() if source in live}
-            current = row.value
-        value = fold(current, payload)
-        positions[origin.source] = origin.position
-        self.pending[key] = Row(value, positions)
+        """Guarded ``row = fold(row, payload)``; a combined origin applies only its unseen parts.
+        Returns the new value, or ``None`` for a duplicate."""
+        found = self.check(key, origin)
+        if found is DUPLICATE:
+            return None
+        if found != "new":
+            assert origin.parts is not None
+            row = self.row(key)
+            assert row is not None
+            payload, seen = origin.parts.unseen(key, row.positions[origin.source])
+            self.duplicates_skipped += seen
+        value = fold(self.get(key), payload)
+        self.write(key, value, origin)
         return value
 
-    def put(self, key: str, value: Any) -> None:
-        """Set a bookkeeping row (stream time, offsets) that is not guarded by origin."""
+    def put(self, key: str, value: Any) -> Any:
+        """Set a bookkeeping row (watermarks) that is not guarded by origin; returns the
+        previous pending entry."""
         row = self.row(key)
-        self.pending.pop(key, None)  # re-inserted last: changelog order follows call order
+        previous = self.pending.pop(key, MISSING)  # re-inserted last: changelog order follows calls
         self.pending[key] = Row(value, row.positions if row is not None else {})
+        return previous
 
-    def delete(self, key: str) -> None:
-        self.pending.pop(key, None)  # re-inserted last, after anything the job put before it
+    def remove(self, key: str) -> Any:
+        """Delete ``key`` outright (no tombstone: windows, which the watermark protects);
+        returns the previous pending entry."""
+        previous = self.pending.pop(key, MISSING)
         self.pending[key] = None
+        return previous
+
+    def restore_pending(self, key: str, previous: Any) -> None:
+        """Undo a write: put back the pending entry it replaced."""
+        if previous is MISSING:
+            self.pending.pop(key, None)
+        else:
+            self.pending[key] = previous
+
+    # ------------------------------------------------------------------ durability
 
     def changelog_records(self) -> Iterator[tuple[bytes, bytes | None]]:
         """The pending changes as changelog (key, value) pairs, in change order."""
@@ -158,6 +196,7 @@ class TablePartition:
         self.pending.clear()
 
     def rows(self) -> Iterator[tuple[str, Row]]:
-        """Every persisted row (pending changes excluded), bookkeeping rows included."""
+        """Every persisted row (pending changes excluded), bookkeeping rows and tombstones
+        included."""
         for key, raw in self.store.items():
             yield key.decode(), decode_row(raw)[1]

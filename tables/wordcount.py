@@ -1,5 +1,20 @@
 """The wordcount table: word -> running count."""
 
-from tables.table import TableSpec
+from __future__ import annotations
 
-WORDCOUNT = TableSpec(name="wordcount", schema="count.v1", description="word -> running count")
+from typing import Any
+
+SCHEMA = "count.v1"
+
+
+def define(app: Any) -> Any:
+    """``app.Table("wordcount")``: counts by word, ``0`` for a word not seen yet."""
+    return app.Table(
+        "wordcount",
+        default=int,
+        key_type=str,
+        value_type=int,
+        schema_tag=SCHEMA,
+        raw_keys=True,
+        help="word -> running count",
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -16,11 +17,11 @@ def _settings(bootstrap: str | None) -> Settings:
     return load_settings(**({"brokers": bootstrap} if bootstrap else {}))
 
 
-def _jobs(settings: Settings):  # type: ignore[no-untyped-def]
-    from service.app import build_jobs
-    from service.metrics import Metrics
+def _app(settings: Settings) -> Any:
+    """The app whose topics and tables are audited (the built-in jobs of SLUICE_JOBS)."""
+    from service.app.builtin import create_app
 
-    return build_jobs(settings, Metrics(process=False))
+    return create_app(settings)
 
 
 def _fmt(value: int | None) -> str:
@@ -58,7 +59,7 @@ def audit(group: str | None, bootstrap: str | None) -> None:
     from service.offsets import audit as run_audit
 
     settings = _settings(bootstrap)
-    rows = run_kafka(settings, run_audit(settings, _jobs(settings), group))
+    rows = run_kafka(settings, run_audit(settings, _app(settings), group))
     header = ("TOPIC", "PARTITION", "JOB", "GROUP-OFFSET", "TABLE-OFFSET", "LOG-END", "LAG", "VERDICT")
     table = [header] + [
         (
@@ -124,7 +125,7 @@ def reset(
     group = group or settings.app_id
 
     async def plan() -> tuple[list[PartitionAudit], dict[TopicPartition, int], int]:
-        rows = await run_audit(settings, _jobs(settings), group)
+        rows = await run_audit(settings, _app(settings), group)
         chosen = [
             r
             for r in rows

@@ -4,12 +4,12 @@ Revoked: make everything processed durable and commit it (a fenced partition dro
 pending changes instead), then forget every position, so nothing fetched before the new
 assignment is processed.
 
-Assigned, in this order: (1) start one fenced producer per owned partition, which fences any
-previous owner (:mod:`service.engine.fencing`) — before anything is read; (2) open the table
-partitions and catch them up with their changelogs (also partitions kept across the
-rebalance: another worker may have owned them in between); (3) decide every partition's resume
-position (G4: the tables' offset wins over a missing or older group offset) and seek there.
-Only then are the partitions' records processed (:mod:`service.engine.progress`).
+Assigned, in this order: (1) start one fenced producer per owned partition number, which
+fences any previous owner (:mod:`.fencing`) — before anything is read; (2) open the owned table
+partitions and catch them up with their changelogs (also partitions kept across the rebalance:
+another worker may have owned them in between); (3) decide every partition's resume position
+(G4: the tables' offset wins over a missing or older group offset) and seek there. Only then
+are the partitions' records processed (:mod:`.progress`).
 """
 
 from __future__ import annotations
@@ -22,18 +22,18 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from service.changelog import read_table
+from service.engine.assignor import CopartitionedAssignor
 from service.engine.durability import Durability
 from service.engine.progress import UNKNOWN
 from service.engine.resume import records_between, resume_position
-from service.engine.runtime import JobPartition, Runtime
+from service.engine.runtime import Runtime
 from service.errors import StateError
 from service.restore import restore
 from service.settings import OnOffsetAhead
-from service.standby import StandbyAssignor, StandbyReplicator
+from service.standby import StandbyReplicator
 from tables.offsets import OFFSETS, SOURCE_OFFSET_PREFIX, offset_key
 from tables.store import PartitionStore
-from tables.table import TablePartition
-from tables.watermark import WATERMARK_KEY, PartitionClock
+from tables.table import TablePartition, TableSpec
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class Assignments:
         rt: Runtime,
         durability: Durability,
         standby: StandbyReplicator | None,
-        assignor: StandbyAssignor | None,
+        assignor: CopartitionedAssignor,
     ) -> None:
         self.rt = rt
         self.durability = durability
@@ -55,9 +55,7 @@ class Assignments:
 
     async def revoked(self, stalled: bool) -> None:
         rt = self.rt
-        if stalled:
-            self.drop_pending()
-        else:
+        if not stalled:
             try:
                 await self.durability.commit()
             except KafkaError as exc:
@@ -69,7 +67,7 @@ class Assignments:
 
     def drop_pending(self) -> None:
         rt = self.rt
-        for part in rt.parts.values():
+        for part in rt.table_partitions():
             part.discard_pending()
         rt.dirty.clear()
         rt.progress.undurable.clear()
@@ -81,49 +79,39 @@ class Assignments:
         self.drop_pending()
         for tp in list(rt.progress.expected):
             rt.progress.forget(tp)
-        await rt.fences.take(assigned)
+        owned = {tp.partition for tp in assigned}
+        rt.owned = owned
+        await rt.fences.take(owned)
         self._drop_gauges(assigned)
-        wanted = {}
-        for tp in assigned:
-            job = rt.routing.stage2_job(tp.topic)
-            if job is not None:
-                wanted[(job.name, tp.partition)] = job
-        for key in list(rt.parts):
-            if key not in wanted:
-                rt.parts.pop(key).close()
-        if self.standby is not None and self.assignor is not None:
+        specs = {
+            table.spec.name: (table.spec, table.partitions or rt.settings.topic_partitions)
+            for table in rt.workload.tables()
+        }
+        for name, parts in rt.tables.items():
+            for q in list(parts):
+                if name not in specs or q not in owned:
+                    parts.pop(q).store.close()
+        if self.standby is not None:
             # Before the owner opens them: a partition that was a standby here is released first.
-            copies = {}
-            for tp in self.assignor.standby - assigned:
-                job = rt.routing.stage2_job(tp.topic)
-                for spec in job.tables if job is not None else ():
-                    copies[TopicPartition(spec.changelog_topic(rt.settings.app_id), tp.partition)] = spec
+            copies: dict[TopicPartition, TableSpec] = {}
+            for q in self.assignor.standby - owned:
+                for spec, count in specs.values():
+                    if q < count:
+                        copies[TopicPartition(spec.changelog_topic(rt.settings.app_id), q)] = spec
             await self.standby.retarget(copies)
             rt.metrics.standby_partitions.set(len(copies))
-        for (name, partition), job in wanted.items():
-            if (name, partition) not in rt.parts:
-                tables = {
-                    spec.name: TablePartition(
-                        spec, partition, PartitionStore(self.store_path(spec.name, partition))
-                    )
-                    for spec in job.tables
-                }
-                rt.parts[(name, partition)] = JobPartition(job, partition, tables)
+        for name, (spec, count) in specs.items():
+            parts = rt.tables.setdefault(name, {})
+            for q in owned:
+                if q < count and q not in parts:
+                    parts[q] = TablePartition(spec, q, PartitionStore(self.store_path(name, q)))
+        every_table = rt.table_partitions()
         assert rt.producer is not None
-        await rt.incarnations.refresh(rt.input_topics(), rt.producer)
-        every_table = [t for part in rt.parts.values() for t in part.tables.values()]
+        await rt.incarnations.refresh(sorted({tp.topic for tp in assigned}), rt.producer)
         await restore(rt.settings, rt.metrics, every_table)
         for table in every_table:
             table.forget_cache()
-        for part in rt.parts.values():
-            job = part.job
-            assert job.processor is not None, f"job {job.name} has tables but no processor"
-            if job.watermark_table is not None:
-                part.clock = PartitionClock(part.tables[job.watermark_table].get(WATERMARK_KEY))
-            part.processor = job.processor(part.tables, part.clock)
-            live = frozenset(rt.sources(job))
-            for table in part.tables.values():
-                table.live_sources = live
+        rt.workload.on_partitions(rt.tables)
         await self._resume(assigned)
         rt.progress.generation += 1
 
@@ -141,26 +129,28 @@ class Assignments:
         self.reported = set(assigned)
 
     async def _table_offsets(self, assigned: set[TopicPartition]) -> dict[TopicPartition, int]:
-        """The tables' position per assigned partition (G4): stage 2 from the job's own table
-        partition (restored just now), stage 1 from the offsets changelog."""
+        """The tables' position per assigned partition (G4), from the offsets changelog; for
+        state written before positions lived there, the bookkeeping rows of the tables."""
         rt = self.rt
         held: dict[TopicPartition, int] = {}
-        inputs = [tp for tp in assigned if rt.routing.stage(tp.topic) == 1]
-        if inputs:
-            wanted = {self.durability.offsets_partition(tp) for tp in inputs}
-            entries = await read_table(rt.settings, OFFSETS.name, wanted=wanted)
-            by_key = {e.key: e.value for e in entries}
-            for tp in inputs:
-                value = by_key.get(rt.incarnations.key(tp.topic, tp.partition))
-                if value is not None:
-                    held[tp] = int(value)
+        keys = {tp: rt.incarnations.key(tp.topic, tp.partition) for tp in assigned}
+        wanted = {self.durability.offsets_partition(key.encode()) for key in keys.values()}
+        entries = await read_table(rt.settings, OFFSETS.name, wanted=wanted) if wanted else []
+        by_key = {e.key: e.value for e in entries}
+        for tp, key in keys.items():
+            value = by_key.get(key)
+            if value is not None:
+                held[tp] = int(value)
         for tp in assigned:
-            part = rt.part_of(tp)
-            if part is not None:
-                key = SOURCE_OFFSET_PREFIX + offset_key(tp.topic, tp.partition)
-                values = [table.get(key) for table in part.tables.values()]
-                if None not in values:
-                    held[tp] = min(int(v) for v in values)
+            if tp in held:
+                continue
+            legacy = SOURCE_OFFSET_PREFIX + offset_key(tp.topic, tp.partition)
+            values = [
+                parts[tp.partition].get(legacy) for parts in rt.tables.values() if tp.partition in parts
+            ]
+            found = [int(v) for v in values if v is not None]
+            if found:
+                held[tp] = min(found)
         return held
 
     async def _resume(self, assigned: set[TopicPartition]) -> None:
@@ -170,8 +160,9 @@ class Assignments:
         consumer = rt.consumer
         assert consumer is not None
         held = await self._table_offsets(assigned)
+        committed = await _committed(consumer, assigned)
         for tp in sorted(assigned):
-            group = await consumer.committed(tp)
+            group = committed.get(tp)
             table = held.get(tp)
             position, reason = resume_position(group, table, rt.settings.on_offset_ahead)
             if reason == "group-ahead-of-table":
@@ -191,6 +182,7 @@ class Assignments:
                 },
             )
             if reason == "group-ahead-of-table" and rt.settings.on_offset_ahead is OnOffsetAhead.FAIL:
+                assert group is not None and table is not None
                 raise StateError(
                     f"{tp.topic}:{tp.partition}: the group's committed offset {group} is ahead of "
                     f"the tables' {table}: the effects of {group - table} events may be lost "
@@ -206,3 +198,17 @@ class Assignments:
                 rt.progress.durable[tp] = position
                 if group == position:
                     rt.progress.committed[tp] = position
+
+
+async def _committed(consumer: object, assigned: set[TopicPartition]) -> dict[TopicPartition, int]:
+    """The group's committed offsets of ``assigned``, in one request."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is not None and hasattr(coordinator, "fetch_committed_offsets"):
+        found = await coordinator.fetch_committed_offsets(assigned)
+        return {tp: meta.offset for tp, meta in found.items() if meta is not None and meta.offset >= 0}
+    out = {}
+    for tp in assigned:
+        offset = await consumer.committed(tp)  # type: ignore[attr-defined]
+        if offset is not None:
+            out[tp] = offset
+    return out

@@ -1,5 +1,5 @@
-"""The engine's periodic chores: lag gauges, source log ends for watermarks, purging
-repartition records every reader is past, and the stall detector's ticker.
+"""The engine's periodic chores: lag gauges, source log ends for watermarks, purging packed
+internal records every reader is past, and the stall detector's ticker.
 
 Each runs as its own task and never holds the processing lock: a chore that fails logs and
 tries again at its next turn.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
@@ -38,7 +39,7 @@ async def tick(rt: Runtime, stall_after: float) -> None:
         await asyncio.sleep(TICK_SECONDS)
 
 
-async def report_lag(rt: Runtime, table_sizes: object) -> None:
+async def report_lag(rt: Runtime, table_sizes: Callable[[], dict[str, int]]) -> None:
     """Refresh lag every few seconds from the brokers, also for partitions where nothing flows."""
     consumer = rt.consumer
     assert consumer is not None
@@ -62,30 +63,16 @@ async def report_lag(rt: Runtime, table_sizes: object) -> None:
             progress = rt.progress
             position = progress.undurable.get(tp) or progress.durable.get(tp, base.get(tp, 0))
             rt.metrics.consumer_lag.labels(*labels).set(max(0, end - position))
-        sizes = table_sizes() if callable(table_sizes) else {}
-        for name, size in sizes.items():
+        for name, size in table_sizes().items():
             rt.metrics.table_keys.labels(name).set(size)
 
 
-def source_partitions(rt: Runtime) -> list[TopicPartition]:
-    """Every partition of the inputs of jobs with event-time windows."""
-    consumer = rt.consumer
-    known = list(consumer.subscription()) if consumer is not None else []
-    out: list[TopicPartition] = []
-    for job in rt.jobs:
-        if job.event_time is None:
-            continue
-        for topic in rt.routing.input_topics(job, known):
-            out.extend(TopicPartition(topic, p) for p in range(rt.partitions_of(topic)))
-    return out
-
-
 async def refresh_ends(rt: Runtime) -> None:
-    """The log end of every source partition, so watermarks know which sources have records
-    pending (:mod:`tables.watermark`); read_committed, so it is the last stable offset."""
+    """The log end of every source the watermarks wait for (:mod:`tables.watermark`);
+    read_committed, so it is the last stable offset."""
     consumer = rt.consumer
     assert consumer is not None
-    tps = source_partitions(rt)
+    tps = rt.workload.clocked_sources()
     if not tps:
         return
     ends = await consumer.end_offsets(tps)
@@ -101,10 +88,10 @@ async def follow_ends(rt: Runtime) -> None:
             log.warning("source end refresh failed", extra={"error": str(exc)})
 
 
-async def purge_repartition(rt: Runtime) -> None:
-    """Repartition topics keep records until every reader is past them (``retention.ms=-1``,
-    as Kafka Streams does), so stage 2 can never lose unread records; this deletes what lies
-    below the group's committed offset of each repartition partition this worker owns."""
+async def purge_internal(rt: Runtime, internal: Callable[[str], bool]) -> None:
+    """Packed internal topics keep records until every reader is past them
+    (``retention.ms=-1``, as Kafka Streams does), so no agent can lose unread records; this
+    deletes what lies below the group's committed offset of each such partition owned here."""
     while True:
         await asyncio.sleep(PURGE_SECONDS)
         consumer = rt.consumer
@@ -113,7 +100,7 @@ async def purge_repartition(rt: Runtime) -> None:
         wanted = {
             tp: offset
             for tp, offset in rt.progress.committed.items()
-            if rt.routing.stage(tp.topic) == 2 and tp in consumer.assignment() and offset > 0
+            if internal(tp.topic) and tp in consumer.assignment() and offset > 0
         }
         if not wanted:
             continue
@@ -122,6 +109,6 @@ async def purge_repartition(rt: Runtime) -> None:
             await admin.start()
             await admin.delete_records({tp: RecordsToDelete(offset) for tp, offset in wanted.items()})
         except KafkaError as exc:
-            log.warning("repartition purge failed", extra={"error": str(exc)})
+            log.warning("internal topic purge failed", extra={"error": str(exc)})
         finally:
             await admin.close()

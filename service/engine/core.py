@@ -1,17 +1,13 @@
-"""The processing loop: fetch, run jobs, make effects durable, then commit.
+"""The processing loop: fetch, run the agents, make effects durable, then commit.
 
-One consumer in group ``SLUICE_APP_ID`` reads every job's input topic (stage 1) and
-repartition topic (stage 2). For each fetched batch:
+One consumer in group ``SLUICE_APP_ID`` reads every topic the app's agents read. For each
+fetched batch (:mod:`.batch`):
 
-1. stage 1 splits input records into repartition records (micro-batched: one record per
-   source partition and target partition) and dead letters (:mod:`.stage1`); stage 2 folds
-   repartition records into table partitions through the offset guard and collects outputs
-   (:mod:`.stage2`); :mod:`.batch` runs both over a fetched batch;
-2. **phase A**: repartition records, dead letters and outputs are sent and acknowledged
-   (``acks=all``);
+1. the agents process it (:class:`service.engine.workload.Workload`, the app's data plane);
+2. **phase A**: their sends, outputs and dead letters are sent and acknowledged (``acks=all``);
 3. **phase B** and the commit, every ``SLUICE_COMMIT_INTERVAL_MS`` (:mod:`.durability`).
 
-Nothing is committed whose effects are not acknowledged, and an exception in job code
+Nothing is committed whose effects are not acknowledged, and an exception in agent code
 dead-letters the event instead of silently acknowledging it (faust-streaming #315, #527).
 Batches are processed one at a time under a lock that rebalance callbacks also take, so a
 commit never passes an in-flight event (faust-streaming #606) and a revoked partition's last
@@ -31,7 +27,6 @@ import os
 import re
 import socket
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,44 +34,36 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 
 from service.engine import background
 from service.engine.assignment import Assignments
+from service.engine.assignor import CopartitionedAssignor
 from service.engine.batch import Batches
 from service.engine.deadletters import DeadLetters
 from service.engine.durability import Durability
 from service.engine.fencing import PartitionProducers, producer_kwargs
 from service.engine.incarnations import Incarnations
 from service.engine.progress import UNKNOWN
-from service.engine.routing import Routing
 from service.engine.runtime import Runtime
-from service.engine.stage1 import Stage1
-from service.engine.stage2 import Stage2
-from service.job import Job
+from service.engine.workload import Workload
 from service.kafka.client_config import client_kwargs
 from service.metrics import Metrics
 from service.settings import Settings
-from service.standby import StandbyAssignor, StandbyReplicator
-from service.topics import ensure_topics, worker_topics
+from service.standby import StandbyReplicator
+from service.topics import TopicSpec, ensure_topics
+from tables.offsets import OFFSETS
 from tables.store import claim_data_dir
 
 log = logging.getLogger(__name__)
 
 
 class Engine:
-    """Runs the jobs; see the module docstring for the order of effects and commits."""
+    """Runs the workload; see the module docstring for the order of effects and commits."""
 
-    def __init__(self, settings: Settings, jobs: Sequence[Job], metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, workload: Workload, metrics: Metrics, url: str = "") -> None:
         self.settings = settings
         self.metrics = metrics
-        self.rt = Runtime(
-            settings,
-            metrics,
-            Routing(jobs, settings.app_id),
-            PartitionProducers(settings),
-            Incarnations(settings),
-        )
+        self.rt = Runtime(settings, metrics, workload, PartitionProducers(settings), Incarnations(settings))
         self.durability = Durability(self.rt)
-        self.batches = Batches(
-            self.rt, Stage1(self.rt), Stage2(self.rt), self.durability, self._stalled, self._drop
-        )
+        self.batches = Batches(self.rt, self.durability, self._stalled, self._drop)
+        self.assignor = CopartitionedAssignor(settings.standby_replicas, url)
         self.assignments: Assignments | None = None
         self.state = "starting"
         self.fatal: BaseException | None = None
@@ -88,35 +75,27 @@ class Engine:
         """A loop stall longer than this may have cost the membership (session timeout less one
         heartbeat interval)."""
 
-    @property
-    def jobs(self) -> list[Job]:
-        return self.rt.jobs
-
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         rt = self.rt
         settings = self.settings
         claim_data_dir(settings.data_dir, settings.app_id)
-        rt.partition_counts = await ensure_topics(settings, worker_topics(settings, self.jobs))
+        specs = [*rt.workload.topic_specs(), *self._table_topics()]
+        rt.partition_counts = await ensure_topics(settings, specs)
         rt.dead_letters = DeadLetters(
             settings.dead_letter_topic, rt.partition_counts[settings.dead_letter_topic], self.metrics
         )
         client = f"{settings.app_id}-{socket.gethostname()}-{os.getpid()}"
         kwargs = client_kwargs(settings, client_id=client)
         rt.producer = AIOKafkaProducer(**kwargs, **producer_kwargs())
-        strategy: dict[str, Any] = {}
-        assignor = None
         if settings.standby_replicas:
-            stateful = [j.repartition_topic(settings.app_id) for j in self.jobs if j.tables]
-            assignor = StandbyAssignor(settings.standby_replicas, stateful)
-            strategy = {"partition_assignment_strategy": (assignor,)}
             self._standby = StandbyReplicator(settings, self._store_path)
             await self._standby.start()
-        self.assignments = Assignments(rt, self.durability, self._standby, assignor)
+        self.assignments = Assignments(rt, self.durability, self._standby, self.assignor)
         rt.consumer = AIOKafkaConsumer(
             **kwargs,
-            **strategy,
+            partition_assignment_strategy=(self.assignor,),
             group_id=settings.app_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -129,14 +108,42 @@ class Engine:
         )
         await rt.producer.start()
         await rt.consumer.start()
-        routing = rt.routing
-        if routing.patterns:
-            names = [re.escape(topic) for topic in routing.topics] + [f"(?:{p})" for p in routing.patterns]
+        topics, patterns = rt.workload.subscriptions()
+        if patterns:
+            names = [re.escape(topic) for topic in topics] + [f"(?:{p})" for p in patterns]
             rt.consumer.subscribe(pattern=f"^(?:{'|'.join(names)})$", listener=_Listener(self))
         else:
-            rt.consumer.subscribe(topics=routing.topics, listener=_Listener(self))
+            rt.consumer.subscribe(topics=topics, listener=_Listener(self))
         self.state = "joining"
-        log.info("worker started", extra={"jobs": [j.name for j in self.jobs], "client": client})
+        log.info("worker started", extra={"topics": topics, "patterns": patterns, "client": client})
+
+    def _table_topics(self) -> list[TopicSpec]:
+        """Changelogs of every table and of the offsets table, compacted, with exactly the
+        tables' partitions (partition q of a table is backed by partition q of its changelog)."""
+        settings = self.settings
+        specs = [
+            # Written every commit: small segments keep the compacted log short to read on assignment.
+            TopicSpec(
+                OFFSETS.changelog_topic(settings.app_id),
+                settings.topic_partitions,
+                internal=True,
+                config={
+                    "cleanup.policy": "compact",
+                    "segment.ms": "60000",
+                    "min.cleanable.dirty.ratio": "0.1",
+                },
+            )
+        ]
+        for table in self.rt.workload.tables():
+            specs.append(
+                TopicSpec(
+                    table.spec.changelog_topic(settings.app_id),
+                    table.partitions or settings.topic_partitions,
+                    internal=True,
+                    config={"cleanup.policy": "compact"},
+                )
+            )
+        return specs
 
     def _store_path(self, table: str, partition: int) -> Path:
         return self.settings.data_dir / "tables" / table / str(partition)
@@ -156,10 +163,9 @@ class Engine:
         tasks = [
             asyncio.create_task(background.tick(rt, self._stall_after), name="sluice-tick"),
             asyncio.create_task(background.report_lag(rt, self._table_sizes), name="sluice-lag"),
-            asyncio.create_task(background.purge_repartition(rt), name="sluice-purge"),
+            asyncio.create_task(background.purge_internal(rt, rt.workload.internal), name="sluice-purge"),
+            asyncio.create_task(background.follow_ends(rt), name="sluice-ends"),
         ]
-        if any(job.event_time is not None for job in self.jobs):
-            tasks.append(asyncio.create_task(background.follow_ends(rt), name="sluice-ends"))
         stop_wait = asyncio.create_task(self._stopping.wait())
         try:
             while not self._stopping.is_set():
@@ -207,9 +213,9 @@ class Engine:
         await rt.fences.release()
         if self._standby is not None:
             await self._standby.stop()
-        for part in rt.parts.values():
-            part.close()
-        rt.parts.clear()
+        for part in rt.table_partitions():
+            part.store.close()
+        rt.tables.clear()
 
     def _raise_fatal(self) -> None:
         if self.fatal is not None:
@@ -250,9 +256,8 @@ class Engine:
 
     def _table_sizes(self) -> dict[str, int]:
         sizes: dict[str, int] = {}
-        for part in self.rt.parts.values():
-            for name, table in part.tables.items():
-                sizes[name] = sizes.get(name, 0) + table.store.approximate_keys()
+        for name, parts in self.rt.tables.items():
+            sizes[name] = sum(part.store.approximate_keys() for part in parts.values())
         return sizes
 
     # ------------------------------------------------------------------ rebalances
@@ -272,7 +277,7 @@ class Engine:
                 await self.assignments.assigned(set(assigned))
                 await background.refresh_ends(self.rt)
             except Exception as exc:  # surfaces in run(); the worker stops without committing
-                log.error("cannot take assignment", extra={"error": str(exc)})
+                log.error("cannot take assignment", extra={"error": str(exc)}, exc_info=True)
                 self.fatal = exc
                 self._stopping.set()
                 return

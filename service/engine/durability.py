@@ -1,20 +1,20 @@
 """Phase B and the commit: make table changes and positions durable, then commit offsets.
 
-At-least-once: each batch's outputs, repartition records and dead letters are acknowledged in
-its own phase A (the core's loop). Then, before every commit (every
-``SLUICE_COMMIT_INTERVAL_MS``, on revocation, on shutdown), **phase B** sends the rows changed
-since the last commit — once per row however many batches changed it — and the positions they
-reflect, and only when the broker has them writes them to local RocksDB (**phase C**); then the
-offsets are committed (**phase D**). Outputs before changelog means a row the guard will skip on
-replay never lacks its outputs (G1); changelog before local RocksDB closes G3's trap.
+At-least-once: each batch's outputs, sends and dead letters are acknowledged in its own phase A
+(:mod:`.batch`). Then, before every commit (every ``SLUICE_COMMIT_INTERVAL_MS``, on revocation,
+on shutdown), **phase B** sends the rows changed since the last commit — once per row however
+many batches changed it — and the input positions they reflect (the ``offsets`` table), and
+only when the broker has them writes them to local RocksDB (**phase C**); then the offsets are
+committed (**phase D**). Outputs before changelog means a row the guard will skip on replay
+never lacks its outputs (G1); changelog before local RocksDB closes G3's trap.
 
-Every partition's phase B is one Kafka transaction of that partition's fenced producer
-(:mod:`service.engine.fencing`): a worker that lost the partition cannot make its stale rows
-visible, whatever it believes. A partition whose producer was fenced drops its pending changes;
-its next owner replays them.
+Every partition number's phase B is one Kafka transaction of its fenced producer
+(:mod:`.fencing`): rows and positions land together or not at all, and a worker that lost the
+partition cannot make its stale rows visible, whatever it believes. A partition whose producer
+was fenced drops its pending changes; its next owner replays them.
 
-Exactly-once: every batch is one transaction per input partition holding all of it — outputs,
-repartition records, dead letters, table rows, positions and the input offset.
+Exactly-once: every batch is one transaction per partition number holding all of it — outputs,
+sends, dead letters, table rows, positions and the input offsets.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
 
 from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
@@ -46,94 +45,88 @@ class Durability:
         self.rt = rt
         self.last_commit = time.monotonic()
 
-    def pending(self) -> set[TopicPartition]:
-        """Partitions with something for phase B."""
-        return set(self.rt.progress.undurable) | set(self.rt.dirty)
+    def pending(self) -> set[int]:
+        """Partition numbers with something for phase B."""
+        return {tp.partition for tp in self.rt.progress.undurable} | set(self.rt.dirty)
 
-    def add_phase_b(self, tp: TopicPartition, sender: Sender) -> Changes:
-        """Add ``tp``'s phase-B records to ``sender``: its stage-1 position, or the changed rows
-        (and positions) of its stage-2 table partitions."""
+    def add_phase_b(self, number: int, sender: Sender) -> Changes:
+        """Add partition number ``number``'s phase-B records to ``sender``: the positions of its
+        input partitions and the changed rows of its table partitions."""
         rt = self.rt
+        topic = OFFSETS.changelog_topic(rt.settings.app_id)
+        for tp, offset in rt.progress.undurable.items():
+            if tp.partition == number:
+                key = rt.incarnations.key(tp.topic, tp.partition).encode()
+                sender.add(
+                    topic, self.offsets_partition(key), key, encode_row(Row(offset, {}), OFFSETS.schema)
+                )
         changes: Changes = []
-        offset = rt.progress.undurable.get(tp)
-        if offset is not None and rt.routing.stage(tp.topic) == 1:
-            sender.add(
-                OFFSETS.changelog_topic(rt.settings.app_id),
-                self.offsets_partition(tp),
-                rt.incarnations.key(tp.topic, tp.partition).encode(),
-                encode_row(Row(offset, {}), OFFSETS.schema),
-            )
-        part = rt.dirty.get(tp)
-        if part is not None:
-            for table in part.tables.values():
-                records = list(table.changelog_records())
-                if records:
-                    topic = table.spec.changelog_topic(rt.settings.app_id)
-                    for key, value in records:
-                        sender.add(topic, table.partition, key, value)
-                    changes.append((table, topic, records))
+        for table in rt.dirty.get(number, ()):
+            records = list(table.changelog_records())
+            if records:
+                changelog = table.spec.changelog_topic(rt.settings.app_id)
+                for key, value in records:
+                    sender.add(changelog, table.partition, key, value)
+                changes.append((table, changelog, records))
         return changes
 
-    def offsets_partition(self, tp: TopicPartition) -> int:
-        key = self.rt.incarnations.key(tp.topic, tp.partition).encode()
+    def offsets_partition(self, key: bytes) -> int:
         return partition_for_key(key, self.rt.settings.topic_partitions)
 
     async def transact(
-        self, tp: TopicPartition, sender: Sender, changes: Changes, offsets: dict[TopicPartition, int] | None
+        self, number: int, sender: Sender, changes: Changes, offsets: dict[TopicPartition, int] | None
     ) -> bool:
-        """Send ``sender``'s records in ``tp``'s open transaction (and, exactly-once, the input
-        offsets), commit it, then persist ``changes`` locally. False when ``tp`` was fenced."""
+        """Send ``sender``'s records in ``number``'s open transaction (and, exactly-once, the
+        input offsets), commit it, then persist ``changes`` locally. False when fenced."""
         rt = self.rt
-        producer = rt.fences.producer(tp)
+        producer = rt.fences.producer(number)
         try:
             last = await sender.flush()
             if offsets:
                 await producer.send_offsets_to_transaction(offsets, rt.settings.app_id)
             await producer.commit_transaction()
         except FENCED_ERRORS:
-            self.lost(tp)
+            self.lost(number)
             return False
         except BaseException:
-            with contextlib.suppress(KafkaError, asyncio.TimeoutError, AssertionError):
+            with contextlib.suppress(TimeoutError, KafkaError, AssertionError):
                 await asyncio.wait_for(producer.abort_transaction(), 10)
             raise
         for table, topic, records in changes:
             table.persist(records, last[(topic, table.partition)])
-        rt.dirty.pop(tp, None)
-        made = rt.progress.made_durable({tp})
+        rt.dirty.pop(number, None)
+        made = rt.progress.made_durable({tp for tp in rt.progress.undurable if tp.partition == number})
         if offsets:
             rt.progress.committed.update(made)
         return True
 
-    async def phase_b(self, tps: Iterable[TopicPartition] | None = None) -> None:
-        """At-least-once phase B for ``tps`` (every pending partition when ``None``): one
-        transaction per partition, all at once."""
+    async def phase_b(self) -> None:
+        """At-least-once phase B: one transaction per partition number, all at once."""
         rt = self.rt
-        chosen = [tp for tp in (self.pending() if tps is None else tps) if tp in rt.fences]
-        if not chosen:
-            return
+        chosen = [number for number in self.pending() if number in rt.fences]
 
-        async def one(tp: TopicPartition) -> bool:
-            producer = rt.fences.producer(tp)
+        async def one(number: int) -> bool:
+            producer = rt.fences.producer(number)
             try:
                 await producer.begin_transaction()
             except FENCED_ERRORS:
-                self.lost(tp)
+                self.lost(number)
                 return False
             sender = Sender(producer)
-            return await self.transact(tp, sender, self.add_phase_b(tp, sender), None)
+            return await self.transact(number, sender, self.add_phase_b(number, sender), None)
 
-        await asyncio.gather(*(one(tp) for tp in chosen))
+        if chosen:
+            await asyncio.gather(*(one(number) for number in chosen))
 
-    def lost(self, tp: TopicPartition) -> None:
-        """``tp`` was fenced: another worker owns it now. Drop what is pending for it and stop
-        processing it until the next assignment."""
+    def lost(self, number: int) -> None:
+        """``number`` was fenced: another worker owns it now. Drop what is pending for it and
+        stop processing it until the next assignment."""
         rt = self.rt
-        rt.fences.mark_fenced(tp)
-        part = rt.dirty.pop(tp, None) or rt.part_of(tp)
-        if part is not None:
-            part.discard_pending()
-        rt.progress.forget(tp)
+        rt.fences.mark_fenced(number)
+        for table in rt.dirty.pop(number, set()):
+            table.discard_pending()
+        for tp in [tp for tp in rt.progress.expected if tp.partition == number]:
+            rt.progress.forget(tp)
 
     async def commit(self) -> None:
         """Make every processed batch durable (phase B), then commit the group's offsets (D)."""
@@ -147,7 +140,7 @@ class Durability:
         for tp in list(progress.durable):
             # Past transaction markers (exactly_once topics): the consumer's position skips
             # control records that follow the last processed record; nothing lies between.
-            settled = tp in assigned and tp in rt.fences and tp not in progress.undurable
+            settled = tp in assigned and tp.partition in rt.fences and tp not in progress.undurable
             if settled and progress.expected.get(tp) == progress.durable[tp]:
                 position = await consumer.position(tp)
                 if position > progress.durable[tp]:
@@ -155,7 +148,7 @@ class Durability:
         offsets = {
             tp: offset
             for tp, offset in progress.durable.items()
-            if tp in assigned and tp in rt.fences and progress.committed.get(tp) != offset
+            if tp in assigned and tp.partition in rt.fences and progress.committed.get(tp) != offset
         }
         self.last_commit = time.monotonic()
         if not offsets:

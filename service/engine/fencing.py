@@ -7,11 +7,12 @@ would flush its pending rows to the changelogs before learning that it was expel
 compacted changelog the last record per key wins: the stale row would replace the new owner's
 for good. Checking membership before writing narrows that window but cannot close it.
 
-What closes it is Kafka's producer fencing. Every write that belongs to the processing of an
-input partition — its table rows and positions (phase B), and in ``exactly_once`` everything
-its batches produce — goes through a transactional producer whose ``transactional.id`` is
-derived from that partition (``<app>-<topic>-<partition>``). A new owner starts that producer
-before it restores anything: ``InitProducerId`` aborts whatever transaction the old owner left
+What closes it is Kafka's producer fencing. The assignment is co-partitioned (partition *q* of
+every topic, and of every table, goes to one worker: :mod:`service.engine.assignor`), and every
+write that belongs to partition number *q* — its table rows and input positions (phase B), and
+in ``exactly_once`` everything its batches produce — goes through a transactional producer whose
+``transactional.id`` is ``<app>-p<q>``. A new owner starts that producer before it restores
+anything: ``InitProducerId`` aborts whatever transaction the old owner left
 open and bumps the producer epoch, so every later send, commit or offset commit of the old
 owner fails with ``ProducerFenced`` — at the broker, whatever the old owner believes. Its
 changes never become visible to ``read_committed`` readers (restore, standbys, stage 2, the
@@ -30,7 +31,7 @@ import contextlib
 import logging
 from collections.abc import Iterable
 
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     InvalidProducerEpoch,
     KafkaError,
@@ -55,8 +56,8 @@ FENCED_ERRORS: tuple[type[KafkaError], ...] = (
 TRANSACTION_TIMEOUT_MS = 15_000
 
 
-def transactional_id(app_id: str, tp: TopicPartition) -> str:
-    return f"{app_id}-{tp.topic}-{tp.partition}"
+def transactional_id(app_id: str, number: int) -> str:
+    return f"{app_id}-p{number}"
 
 
 def producer_kwargs() -> dict[str, object]:
@@ -66,31 +67,31 @@ def producer_kwargs() -> dict[str, object]:
 
 
 class PartitionProducers:
-    """The fenced producers of the partitions this worker owns, keyed by input partition."""
+    """The fenced producers of the partition numbers this worker owns."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._producers: dict[TopicPartition, AIOKafkaProducer] = {}
-        self.fenced: set[TopicPartition] = set()
-        """Partitions whose producer was fenced: another worker owns them now."""
+        self._producers: dict[int, AIOKafkaProducer] = {}
+        self.fenced: set[int] = set()
+        """Partition numbers whose producer was fenced: another worker owns them now."""
 
-    def __contains__(self, tp: TopicPartition) -> bool:
-        return tp in self._producers and tp not in self.fenced
+    def __contains__(self, number: int) -> bool:
+        return number in self._producers and number not in self.fenced
 
-    def producer(self, tp: TopicPartition) -> AIOKafkaProducer:
-        return self._producers[tp]
+    def producer(self, number: int) -> AIOKafkaProducer:
+        return self._producers[number]
 
-    async def take(self, owned: Iterable[TopicPartition]) -> None:
+    async def take(self, owned: Iterable[int]) -> None:
         """Stop every producer, then start (and so fence any previous owner of) one per
-        partition of ``owned``. Must run before the partitions are restored or processed."""
+        partition number of ``owned``. Must run before anything is restored or processed."""
         await self.release()
         wanted = sorted(set(owned))
         base = client_kwargs(self.settings, client_id=f"{self.settings.app_id}-fence")
-        for tp in wanted:
-            self._producers[tp] = AIOKafkaProducer(
+        for number in wanted:
+            self._producers[number] = AIOKafkaProducer(
                 **base,
                 **producer_kwargs(),
-                transactional_id=transactional_id(self.settings.app_id, tp),
+                transactional_id=transactional_id(self.settings.app_id, number),
                 transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
             )
         results = await asyncio.gather(*(p.start() for p in self._producers.values()), return_exceptions=True)
@@ -99,17 +100,15 @@ class PartitionProducers:
             await self.release()
             raise failed[0]
         if wanted:
-            log.info(
-                "fenced previous owners", extra={"partitions": [f"{t.topic}:{t.partition}" for t in wanted]}
-            )
+            log.info("fenced previous owners", extra={"partitions": wanted})
 
-    def mark_fenced(self, tp: TopicPartition) -> None:
-        if tp not in self.fenced:
+    def mark_fenced(self, number: int) -> None:
+        if number not in self.fenced:
             log.warning(
                 "partition fenced: another worker owns it now; its pending changes are dropped",
-                extra={"topic": tp.topic, "partition": tp.partition},
+                extra={"partition": number},
             )
-        self.fenced.add(tp)
+        self.fenced.add(number)
 
     async def release(self) -> None:
         """Stop every producer (a fenced one fails fast; nothing pending is committed)."""

@@ -1,11 +1,11 @@
-"""The jobs' pure logic, without Kafka."""
+"""The built-in jobs' pure logic, without Kafka."""
 
 from __future__ import annotations
 
 import pytest
 
 from agents import rollup, wordcount
-from service.job import BadRecord
+from service.app.units import BadRecord
 
 
 def test_tokens_follow_the_product_definition() -> None:
@@ -19,20 +19,18 @@ def test_tokens_follow_the_product_definition() -> None:
     }
 
 
-def test_wordcount_split_gives_one_update_per_distinct_word() -> None:
-    assert wordcount.split(None, b"a b a") == [("a", 2), ("b", 1)]
-    assert wordcount.split(None, b"  ...  ") == []
+def test_words_of_a_line_are_one_update_per_distinct_word() -> None:
+    assert list(wordcount.words_of(b"a b a", 100).items()) == [("a", 2), ("b", 1)]
+    assert wordcount.words_of(b"  ...  ", 100) == {}
 
 
-def test_wordcount_split_rejects_invalid_utf8() -> None:
+@pytest.mark.parametrize(
+    ("raw", "reason"), [(b"\xff\xfe", "invalid_utf8"), (None, "null_value"), (b"x" * 11, "oversized")]
+)
+def test_words_of_a_bad_line_name_the_reason(raw: bytes | None, reason: str) -> None:
     with pytest.raises(BadRecord) as err:
-        wordcount.split(None, b"\xff\xfe")
-    assert err.value.reason == "invalid_utf8"
-
-
-def test_wordcount_fold() -> None:
-    assert wordcount.add(None, 2) == 2
-    assert wordcount.add(5, 1) == 6
+        wordcount.words_of(raw, 10)
+    assert err.value.reason == reason
 
 
 @pytest.mark.parametrize(
@@ -63,13 +61,10 @@ def test_rollup_accepts_a_valid_event() -> None:
     assert rollup.parse(b'{"key": "k", "value": 2.5, "ts": 61000}') == ("k", 2.5, 61000)
 
 
-def test_rollup_fold_and_windows() -> None:
+def test_rollup_fold_and_window_record() -> None:
     f = rollup.fold(None, 3)
     f = rollup.fold(f, -1)
     assert f == {"count": 2, "sum": 2, "min": -1, "max": 3}
-    assert rollup.window_start(61_000) == 60_000
-    assert not rollup.closed(60_000, 129_999, 10_000)
-    assert rollup.closed(60_000, 130_000, 10_000)
     assert rollup.window_record("k", 60_000, f) == {
         "key": "k",
         "window_start": 60_000,

@@ -33,15 +33,23 @@ def table(tmp_path: Path) -> TablePartition:
 def entries_of(lines: list[tuple[int, bytes]]) -> list[list[Any]]:
     """What stage 1 builds for one target from (offset, line) records: every word routed here."""
     return [
-        [offset, 1000 + offset, [[key, n, seq] for seq, (key, n) in enumerate(wordcount.split(None, line))]]
+        [
+            offset,
+            1000 + offset,
+            [[key, n, seq] for seq, (key, n) in enumerate(wordcount.words_of(line, 10**9).items())],
+        ]
         for offset, line in lines
     ]
 
 
 def apply(table: TablePartition, entries: list[list[Any]]) -> None:
-    for value, headers in encode("lines", 0, entries, operator.add):
+    for value, headers in encode("lines:0", entries, operator.add):
         for key, payload, origin in decode(value, headers, operator.add).updates:
-            table.update(key, origin, wordcount.add, payload)
+            table.update(key, origin, add, payload)
+
+
+def add(count: int | None, n: int) -> int:
+    return (count or 0) + n
 
 
 def counts(table: TablePartition) -> dict[str, int]:
@@ -60,7 +68,7 @@ def batches(records: list[tuple[int, bytes]], rng: random.Random) -> list[list[t
 
 def test_combined_record_carries_one_update_per_key_and_the_parts_header() -> None:
     entries = entries_of([(10, b"a b a"), (11, b"b"), (12, b"a")])
-    [(value, headers)] = encode("lines", 0, entries, operator.add)
+    [(value, headers)] = encode("lines:0", entries, operator.add)
     assert [name for name, _ in headers] == [repartition.PARTS_HEADER]
     decoded = decode(value, headers, operator.add)
     got = {key: (p, origin.first, origin.position, origin.updates) for key, p, origin in decoded.updates}
@@ -92,7 +100,7 @@ def test_a_batch_split_over_several_records_keeps_the_count(
     monkeypatch.setattr(repartition, "MAX_REPARTITION_RECORD", 200)
     records = [(o, b"w1 w2 w1 w3") for o in range(40)]
     entries = entries_of(records)
-    assert len(encode("lines", 0, entries, operator.add)) > 4
+    assert len(encode("lines:0", entries, operator.add)) > 4
     apply(table, entries)
     apply(table, entries_of(records[10:30]))  # a replay inside it
     assert counts(table) == {"w1": 80, "w2": 40, "w3": 40}
@@ -100,7 +108,7 @@ def test_a_batch_split_over_several_records_keeps_the_count(
 
 def test_records_without_combine_keep_each_update_origin() -> None:
     entries = entries_of([(5, b"x y"), (6, b"x")])
-    [(value, headers)] = encode("lines", 0, entries, None)
+    [(value, headers)] = encode("lines:0", entries, None)
     assert headers == []
     decoded = decode(value, headers, None)
     assert decoded.first_ts == 1005
@@ -119,13 +127,13 @@ def test_one_line_fanning_out_past_the_limit_is_split_and_stays_exact(
     under the limit, and a replay of the same line (cut the same or not) changes nothing."""
     line = " ".join(f"u{i}" for i in range(100_000)).encode()
     entries = entries_of([(3, b"a b"), (4, line), (5, b"a")])
-    pieces = encode("lines", 0, entries, combine)
+    pieces = encode("lines:0", entries, combine)
     assert len(pieces) > 2
     assert all(len(v) + sum(len(h) for _, h in hs) <= repartition.MAX_REPARTITION_RECORD for v, hs in pieces)
     for _ in range(2):  # the second pass is a replay: every update is a duplicate
         for value, headers in pieces:
             for key, payload, origin in decode(value, headers, combine).updates:
-                table.update(key, origin, wordcount.add, payload)
+                table.update(key, origin, add, payload)
     got = counts(table)
     assert len(got) == 100_002
     assert got["a"] == 2 and got["b"] == 1 and got["u99999"] == 1
@@ -134,22 +142,27 @@ def test_one_line_fanning_out_past_the_limit_is_split_and_stays_exact(
 def test_a_single_update_over_the_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(repartition, "MAX_REPARTITION_RECORD", 100)
     with pytest.raises(repartition.OversizedUpdate):
-        encode("lines", 0, [[1, 1, [["x" * 200, 1, 0]]]], None)
+        encode("lines:0", [[1, 1, [["x" * 200, 1, 0]]]], None)
 
 
 def test_the_source_clock_rides_on_the_last_piece_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """An update must never reach a table partition after the clock that follows it: the
     watermark would count it late (tables.watermark)."""
     monkeypatch.setattr(repartition, "MAX_REPARTITION_RECORD", 200)
-    pieces = encode("events", 2, entries_of([(o, b"w1 w2") for o in range(30)]), None, (5000, 30))
+    pieces = encode("events:2", entries_of([(o, b"w1 w2") for o in range(30)]), None, (5000, 30))
     clocks = [decode(v, h, None).clock for v, h in pieces]
     assert clocks[-1] == (5000, 30) and all(c is None for c in clocks[:-1])
 
 
 def test_a_marker_carries_the_clock_and_no_update() -> None:
-    [(value, headers)] = encode("events", 1, [], operator.add, (1234, 77))
+    [(value, headers)] = encode("events:1", [], operator.add, (1234, 77))
     decoded = decode(value, headers, operator.add)
-    assert (decoded.source, decoded.updates, decoded.first_ts, decoded.clock) == ("events:1", [], None, (1234, 77))
+    assert (decoded.source, decoded.updates, decoded.first_ts, decoded.clock) == (
+        "events:1",
+        [],
+        None,
+        (1234, 77),
+    )
 
 
 @pytest.mark.parametrize(

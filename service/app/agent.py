@@ -1,0 +1,236 @@
+"""Faust's ``Agent`` run by sluice: actors over the agent's feed, and what happens when one raises.
+
+An actor is a task running the agent function over a :class:`~service.app.stream.SluiceStream`
+(``concurrency`` actors share one feed). When the function raises, the event in flight (or the
+``take()`` list) is rolled back — its table writes undone, its sends dropped — and
+dead-lettered with ``reason=job_error`` and the exception's last line (``BadRecord`` names its
+own reason), and the function is started again on the next event: the agent keeps running and
+nothing failed is acknowledged (faust-streaming #315, #527). A combined event that met a row
+which applied only some of its parts (:class:`~service.app.units.Redeliver`) is rolled back and
+its parts are delivered one by one instead.
+
+sluice options of ``@app.agent(...)``: ``job=`` the label of the agent's metrics and dead
+letters (default: the agent's name).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import traceback
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from faust import Agent, Event
+from faust.exceptions import ImproperlyConfigured
+
+from service.app.events import SluiceEvent, make_event
+from service.app.feed import Feed
+from service.app.stream import SluiceStream
+from service.app.units import BadRecord, Redeliver, Unit
+from tables.positions import Origin
+
+log = logging.getLogger(__name__)
+
+
+class SluiceAgent(Agent):
+    app: Any
+
+    def __init__(
+        self, fun: Any, *, job: str | None = None, origin_tag: str | None = None, **kwargs: Any
+    ) -> None:
+        if kwargs.get("isolated_partitions"):
+            raise ImproperlyConfigured(
+                "sluice: isolated_partitions is not supported (every agent sees all its partitions)"
+            )
+        super().__init__(fun, **kwargs)
+        self.job = job or self.name
+        self.origin_tag = f"@{self.name}" if origin_tag is None else origin_tag
+        """Appended to the source key of what this agent sends, so two agents reading one topic
+        and sending to one place never share origins (the built-in jobs keep the plain key)."""
+        self.feeds: dict[str, Feed] = {}
+        self._sluice_tasks: list[asyncio.Task[None]] = []
+        self.streams_started = 0
+
+    # ------------------------------------------------------------------ feeds and streams
+
+    def feed_for(self, topics: list[str]) -> Feed:
+        feed = Feed(f"{self.name}:{','.join(topics)}")
+        for topic in topics:
+            self.feeds[topic] = feed
+        return feed
+
+    def new_stream(self, channel: Any, feed: Feed) -> SluiceStream:
+        stream = SluiceStream(channel, app=self.app, prefix=self.name, beacon=self.beacon)
+        stream.feed = feed
+        job, tag = self.job, self.origin_tag
+
+        def new_unit(event: Event) -> Unit:
+            msg = event.message
+            assert isinstance(event, SluiceEvent)
+            return Unit(
+                event, event.origin, msg.partition, f"{msg.topic}:{msg.partition}", tag, event.hop, job
+            )
+
+        stream.new_unit = new_unit
+
+        def started() -> None:
+            self.streams_started += 1
+
+        stream.on_first_iteration = started
+        return stream
+
+    def stream(self, channel: Any = None, active_partitions: Any = None, **kwargs: Any) -> SluiceStream:
+        channel = channel if channel is not None else self.channel
+        names = list(channel.topics) if channel.topics else [channel.get_topic_name()]
+        feed = self.feeds.get(names[0]) or self.feed_for(names)
+        return self.new_stream(channel, feed)
+
+    def regroup(self, source: SluiceStream, topic: Any, key: Any) -> SluiceStream:
+        """``source.group_by(key)``: ``source`` forwards to ``topic`` (a task drains it), and the
+        stream returned reads ``topic``."""
+        if self.concurrency > 1:
+            raise ImproperlyConfigured("Agent with concurrency>1 cannot use stream.group_by!")
+        self.app.data_plane.add_topic(topic)
+        source.forward_to(topic, key)
+        grouped = self.new_stream(topic, self.feed_for([topic.get_topic_name()]))
+        self._sluice_tasks.append(
+            asyncio.create_task(self._actor(source, _drain), name=f"sluice-groupby-{self.name}")
+        )
+        return grouped
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def on_start(self) -> None:
+        stream = self.stream()
+        for index in range(self.concurrency):
+            actor = stream if index == 0 else self.new_stream(self.channel, stream.feed)
+            self._sluice_tasks.append(
+                asyncio.create_task(self._actor(actor, self.fun), name=f"sluice-agent-{self.name}")
+            )
+
+    async def on_stop(self) -> None:
+        for task in self._sluice_tasks:
+            task.cancel()
+        for task in self._sluice_tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._sluice_tasks.clear()
+
+    # ------------------------------------------------------------------ actors
+
+    async def _actor(self, stream: SluiceStream, fun: Any) -> None:
+        while True:
+            try:
+                result = fun(stream)
+                if isinstance(result, AsyncIterator):
+                    async for value in result:
+                        await self._delegate_to_sinks(value)
+                else:
+                    await result
+                log.warning("agent function returned; started again", extra={"agent": self.name})
+                await asyncio.sleep(0.1)
+            except Redeliver:
+                self._redeliver(stream)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not self._fail(stream, exc):
+                    await asyncio.sleep(1.0)
+
+    def _fail(self, stream: SluiceStream, exc: Exception) -> bool:
+        """Roll back the events in flight and dead-letter them; the actor starts again.
+        False when no event was in flight: the agent's own code failed, not an event's."""
+        units = stream.in_flight
+        if not units:
+            log.error(
+                "agent failed outside any event; restarting it", exc_info=exc, extra={"agent": self.name}
+            )
+            return False
+        if isinstance(exc, BadRecord):
+            reason, detail = exc.reason, exc.detail
+        else:
+            reason = "job_error"
+            detail = traceback.format_exception_only(exc)[-1].strip()
+            log.exception("agent raised on an event; dead-lettered", extra={"agent": self.name})
+        for unit in units:
+            unit.rollback()
+        outbox = stream.feed.outbox
+        if outbox is not None:
+            for unit in units:
+                key, value, where = dead_letter_of(unit)
+                outbox.dead_letters.send(
+                    outbox.sender_for(unit.fence), self.job, reason, detail, where, key, value
+                )
+        stream.finish(committed=False)
+        return True
+
+    def _redeliver(self, stream: SluiceStream) -> None:
+        units = stream.in_flight
+        events: list[Event] = []
+        for unit in units:
+            unit.rollback()
+            assert isinstance(unit.event, SluiceEvent)
+            events.extend(split_combined(unit.event))
+        stream.feed.push_front(events)
+        stream.finish(committed=False)
+
+    def test_context(self, *, partitions: int = 0, **kwargs: Any) -> Any:  # type: ignore[override]
+        """sluice's unit-test seam (:mod:`service.app.testing`): the agent's code over in-memory
+        tables, with what it sends and dead-letters collected."""
+        from service.app.testing import TestContext
+
+        return TestContext(self, partitions)
+
+    # ------------------------------------------------------------------ unsupported
+
+    async def ask(self, *args: Any, **kwargs: Any) -> Any:
+        raise ImproperlyConfigured("sluice: agent.ask() (request/reply) is not supported; use agent.send()")
+
+    cast = ask_nowait = map = kvmap = join = kvjoin = ask  # type: ignore[assignment]
+
+
+async def _drain(stream: SluiceStream) -> None:
+    async for _ in stream:
+        pass
+
+
+def dead_letter_of(unit: Unit) -> tuple[bytes | None, bytes | None, tuple[str, int, int]]:
+    """What a dead letter keeps of a unit's event: the record's own key and bytes and position,
+    or — for an event unpacked from a packed record — its key and value as JSON and its origin."""
+    event = unit.event
+    msg = event.message
+    if not getattr(event, "packed", False):
+        return msg.key, msg.value, (msg.topic, msg.partition, msg.offset)
+    origin: Origin = unit.origin
+    topic, _, partition = origin.source.split("@", 1)[0].split(">", 1)[0].partition("#")[0].rpartition(":")
+    value = event.value.to_representation() if hasattr(event.value, "to_representation") else event.value
+    key = event.key if isinstance(event.key, str) else orjson.dumps(event.key).decode()
+    return key.encode(), orjson.dumps(value), (topic, int(partition), origin.position[0])
+
+
+def split_combined(event: SluiceEvent) -> list[SluiceEvent]:
+    """A combined event as the individual events it stands for (or itself)."""
+    origin = event.origin
+    if origin.first is None or origin.parts is None:
+        return [event]
+    out = []
+    rebuild = getattr(event.value, "from_data", None)
+    for position, payload in origin.parts.split(str(event.key)):
+        value = rebuild(payload) if rebuild is not None else payload
+        part_origin = Origin(origin.source, position, origin.timestamp_ms)
+        out.append(
+            make_event(
+                event.app,
+                event.key,
+                value,
+                event.headers,
+                event.message,
+                part_origin,
+                hop=event.hop,
+                packed=True,
+            )
+        )
+    return out

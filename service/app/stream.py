@@ -1,0 +1,235 @@
+"""Faust's ``Stream`` with sluice's iteration: events come from the agent's feed, one unit each.
+
+What an agent writes — ``async for value in stream``, ``stream.events()``, ``stream.items()``,
+``stream.filter(...)``, ``stream.take(n, within=...)``, ``stream.group_by(...)``,
+``current_event()`` — behaves as in Faust. What changes is underneath: no conductor, no
+per-message ack bookkeeping, no ``wait_first`` per message (faust-internals.md: ~200 CPU-µs per
+event before any user code); an event costs a deque pop, a contextvar set and a generator step.
+When the agent asks for its next value, the previous event's unit is done (its sends and table
+writes belong to the batch); see :mod:`service.app.units`.
+
+``take(n, within)`` yields up to ``n`` values as soon as the fetched batch has no more for the
+agent (never waiting longer than ``within`` for more, as in Faust); iterating the list it yields
+makes each value's event current in turn, so table writes and sends inside
+``for value in values:`` are guarded by that value's event (in Faust, table writes in a take
+body raise: there is no current event).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from faust import Stream
+from faust.exceptions import ImproperlyConfigured, Skip
+from faust.streams import _current_event
+from faust.types import FieldDescriptorT
+from mode.utils.futures import maybe_async
+
+from service.app.feed import Feed
+from service.app.units import Unit, set_unit
+
+if TYPE_CHECKING:
+    from faust import Event
+
+UnitFactory = Callable[["Event"], Unit]
+
+
+class EventList(list[Any]):
+    """The values of a ``take()``: iterating it makes each value's event current."""
+
+    def __init__(self, values: list[Any], units: list[Unit], stream: SluiceStream) -> None:
+        super().__init__(values)
+        self._units = units
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[Any]:
+        stream = self._stream
+        for value, unit in zip(list.__iter__(self), self._units, strict=True):
+            stream._enter(unit)
+            yield value
+
+
+class SluiceStream(Stream[Any]):
+    app: Any
+    channel: Any
+    feed: Feed
+    new_unit: UnitFactory
+    """Set by the agent that owns the stream (see :class:`service.app.agent.Agent`)."""
+
+    _units: list[Unit]
+
+    def _enter(self, unit: Unit) -> None:
+        event = unit.event
+        set_unit(unit)
+        _current_event.set(weakref.ref(event))
+        self.current_event = event
+
+    def _leave(self) -> None:
+        set_unit(None)
+        _current_event.set(None)
+        self.current_event = None
+
+    @property
+    def in_flight(self) -> list[Unit]:
+        """Units handed to the agent and not yet done: rolled back if the agent raises."""
+        return getattr(self, "_units", [])
+
+    def finish(self, committed: bool) -> list[Unit]:
+        units, self._units = self.in_flight, []
+        self._leave()
+        self.feed.finish(units, committed)
+        return units
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._sluice_aiter()
+
+    on_first_iteration: Callable[[], None] | None = None
+    """Called when the agent first asks for a value (the app waits for every agent's)."""
+
+    def _sluice_first_iteration(self) -> None:
+        if self.on_first_iteration is not None:
+            self.on_first_iteration()
+            self.on_first_iteration = None
+
+    async def _sluice_aiter(self) -> AsyncIterator[Any]:
+        self._sluice_first_iteration()
+        feed = self.feed
+        new_unit = self.new_unit
+        processors = self._processors
+        self._units = []
+        while True:
+            event = feed.pop()
+            if event is None:
+                self._leave()
+                await feed.wait()
+                continue
+            unit = new_unit(event)
+            self._units = [unit]
+            self._enter(unit)
+            value = event.value
+            if processors:
+                try:
+                    for processor in processors:
+                        value = await maybe_async(processor(value))
+                except Skip:
+                    self.finish(True)
+                    continue
+            self.events_total += 1
+            yield value
+            self.finish(True)
+
+    async def take(self, max_: int, within: Any) -> AsyncIterator[list[Any]]:  # type: ignore[override]
+        async for units in self._take(max_):
+            yield EventList([u.event.value for u in units], units, self)
+
+    async def take_events(self, max_: int, within: Any) -> AsyncIterator[list[Any]]:  # type: ignore[override]
+        async for units in self._take(max_):
+            yield EventList([u.event for u in units], units, self)
+
+    noack_take = take  # type: ignore[assignment]
+
+    async def _take(self, max_: int) -> AsyncIterator[list[Unit]]:
+        self._sluice_first_iteration()
+        feed = self.feed
+        new_unit = self.new_unit
+        processors = self._processors
+        self._units = []
+        while True:
+            events = feed.pop_many(max_)
+            if not events:
+                self._leave()
+                await feed.wait()
+                continue
+            units: list[Unit] = []
+            skipped: list[Unit] = []
+            for event in events:
+                unit = new_unit(event)
+                if processors:
+                    self._units = [unit]
+                    self._enter(unit)
+                    try:
+                        value = event.value
+                        for processor in processors:
+                            value = await maybe_async(processor(value))
+                        event.value = value
+                    except Skip:
+                        skipped.append(unit)
+                        continue
+                units.append(unit)
+            self._units = skipped
+            self.finish(True)
+            if not units:
+                continue
+            self._units = units
+            self._leave()
+            self.events_total += len(units)
+            yield units
+            self.finish(True)
+
+    async def ack(self, event: Any) -> bool:
+        """Commits are the engine's: an event is done when the agent asks for the next one."""
+        return True
+
+    def noack(self) -> SluiceStream:
+        return self
+
+    def through(self, channel: Any) -> Any:
+        raise ImproperlyConfigured(
+            "sluice: stream.through() is not supported; send to the topic and read it in another agent"
+        )
+
+    def join(self, *fields: Any) -> Any:
+        raise ImproperlyConfigured("sluice: stream joins are not supported; keep the other side in a table")
+
+    left_join = inner_join = outer_join = join
+
+    def combine(self, *nodes: Any, **kwargs: Any) -> Any:
+        raise ImproperlyConfigured("sluice: combining streams is not supported; use one agent per topic")
+
+    def group_by(
+        self,
+        key: Any,
+        *,
+        name: str | None = None,
+        topic: Any = None,
+        partitions: int | None = None,
+    ) -> Any:
+        """Repartition by a new key: this stream forwards every value to the repartition topic
+        (keyed by ``key``, carrying the event's origin), and the stream returned reads it."""
+        if not name:
+            if isinstance(key, FieldDescriptorT):
+                name = key.ident
+            else:
+                raise TypeError("group_by with callback must set name=topic_suffix")
+        if topic is None:
+            prefix = ""
+            if self.prefix and not self.channel.has_prefix:
+                prefix = self.prefix + "-"
+            topic = self.channel.derive(
+                prefix=prefix,
+                suffix=f"-{name}-repartition",
+                partitions=partitions or self.app.conf.topic_partitions,
+                internal=True,
+            )
+        agent = self.app.agents.get(self.prefix) if self.prefix else None
+        if agent is None:
+            raise ImproperlyConfigured("sluice: group_by works on an agent's stream")
+        return agent.regroup(self, topic, key)
+
+    def forward_to(self, topic: Any, key: Any) -> None:
+        """Install the processor that sends each value to ``topic`` under its new key."""
+
+        async def format_key(key: Any, value: Any) -> Any:
+            if isinstance(key, FieldDescriptorT):
+                return key.getattr(value)
+            return await maybe_async(key(value))
+
+        async def repartition(value: Any) -> Any:
+            event = self.current_event
+            timestamp = event.message.timestamp if event is not None else None
+            await topic.send(key=await format_key(key, value), value=value, timestamp=timestamp)
+            raise Skip()
+
+        self.add_processor(repartition)

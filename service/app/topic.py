@@ -1,0 +1,187 @@
+"""Faust's ``Topic`` with sluice's send: a send made while an agent processes an event is part
+of that event's unit — held until the agent is done with the event, sent with the batch, and
+carrying the event's origin in its headers (``sluice.origin``, ``sluice.pos``) so whatever reads
+it downstream is guarded by the original event's position (:mod:`service.app.units`).
+
+Outside an agent (a timer, a task, a web view, a command) a send goes out at once through the
+worker's producer and is awaited, as in Faust.
+
+sluice options of ``app.topic(...)``:
+
+* ``pack=True`` — an internal topic only sluice agents read: the sends of a batch are packed
+  per target partition into few records (:mod:`service.repartition`), which costs a fraction of
+  a record per send. ``combine=fn`` (an associative merge of two values of one key, e.g.
+  ``operator.add``) further merges each key's values per batch, with the individual parts kept
+  for the guard. ``watermarks=True`` makes every sending source report the event time it has
+  reached to every partition (what windowed tables close on, :mod:`tables.watermark`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from faust import Topic
+
+from service.app.events import message, origin_headers
+from service.app.units import current_unit
+from service.kafka.murmur2 import partition_for_key
+
+if TYPE_CHECKING:
+    from faust.types import Message
+
+_DONE: asyncio.Future[Any] | None = None
+
+
+def _done() -> asyncio.Future[Any]:
+    """One completed future, returned by every in-unit send (Faust returns a future)."""
+    global _DONE
+    if _DONE is None or _DONE.get_loop() is not asyncio.get_running_loop():
+        _DONE = asyncio.get_running_loop().create_future()
+        _DONE.set_result(None)
+    return _DONE
+
+
+class SluiceTopic(Topic):
+    app: Any
+    pack = False
+    combine: Callable[[Any, Any], Any] | None = None
+    watermarks = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fast_key = self._fast(self.key_type, self.key_serializer, "raw")
+        self._fast_value = self._fast(self.value_type, self.value_serializer, "json")
+
+    def configure_sluice(
+        self, *, pack: bool, combine: Callable[[Any, Any], Any] | None, watermarks: bool
+    ) -> None:
+        if (pack or combine is not None or watermarks) and not self.internal:
+            raise ValueError(
+                f"sluice: topic {self.get_topic_name()}: pack/combine/watermarks need internal=True "
+                "(only sluice agents can read a packed topic)"
+            )
+        self.pack = pack or combine is not None or watermarks
+        self.combine = combine
+        self.watermarks = watermarks
+
+    # ------------------------------------------------------------------ codecs
+
+    def _fast(self, typ: Any, serializer: Any, default: str) -> str | None:
+        """Which encoding a plain type needs, when Faust's codec machinery can be skipped."""
+        serializer = serializer or (
+            self.app.conf.key_serializer if default == "raw" else self.app.conf.value_serializer
+        )
+        if typ in (None, str, bytes) and serializer == "raw":
+            return "raw"
+        if typ in (None, int, float, str, dict, list) and serializer == "json":
+            return "json"
+        return None
+
+    def encode_key(self, key: Any, serializer: Any = None) -> bytes | None:
+        if key is None:
+            return None
+        if serializer is None and self._fast_key == "raw":
+            if isinstance(key, str):
+                return key.encode()
+            if isinstance(key, bytes):
+                return key
+        if serializer is None and self._fast_key == "json" and isinstance(key, (str, int, float)):
+            return orjson.dumps(key)
+        encoded, _ = self.prepare_key(key, serializer or self.key_serializer)
+        return encoded if isinstance(encoded, bytes | None) else bytes(encoded)
+
+    def encode_value(self, value: Any, serializer: Any = None) -> bytes | None:
+        if value is None:
+            return None
+        if (
+            serializer is None
+            and self._fast_value == "json"
+            and isinstance(value, (int, float, str, dict, list))
+        ):
+            return orjson.dumps(value)
+        if serializer is None and self._fast_value == "raw":
+            if isinstance(value, bytes):
+                return value
+            if isinstance(value, str):
+                return value.encode()
+        encoded, _ = self.prepare_value(value, serializer or self.value_serializer)
+        return encoded if isinstance(encoded, bytes | None) else bytes(encoded)
+
+    def decode_key(self, msg: Message) -> Any:
+        raw = msg.key
+        if raw is None:
+            return None
+        if self._fast_key == "raw":
+            return raw.decode() if self.key_type is str else raw
+        return self.schema.loads_key(self.app, msg, loads=self.app.serializers.loads_key)
+
+    def decode_value(self, msg: Message) -> Any:
+        raw = msg.value
+        if raw is None:
+            return None
+        fast = self._fast_value
+        if fast == "json" and self.value_type in (None, dict, list):
+            return orjson.loads(raw)
+        if fast == "raw":
+            return raw.decode() if self.value_type is str else raw
+        return self.schema.loads_value(self.app, msg, loads=self.app.serializers.loads_value)
+
+    # ------------------------------------------------------------------ sends
+
+    def partition_of(self, key: bytes | None, count: int, spread: int) -> int:
+        """The Java client's placement for a key (murmur2), and for no key a placement that a
+        replay repeats (``spread``: the sending event's partition plus the send's index)."""
+        return partition_for_key(key, count) if key is not None else spread % count
+
+    async def send(
+        self,
+        *,
+        key: Any = None,
+        value: Any = None,
+        partition: int | None = None,
+        timestamp: float | None = None,
+        headers: Any = None,
+        schema: Any = None,
+        key_serializer: Any = None,
+        value_serializer: Any = None,
+        callback: Any = None,
+        force: bool = False,
+    ) -> Any:
+        unit = current_unit()
+        plane = self.app.data_plane
+        if unit is None:
+            return await plane.send_now(self, key, value, partition, timestamp, headers)
+        origin = unit.send_origin()
+        count = plane.partitions_of(self.get_topic_name())
+        if self.pack:
+            key_text = key if isinstance(key, str) else orjson.dumps(key).decode()
+            payload = value.to_representation() if hasattr(value, "to_representation") else value
+            target = partition if partition is not None else partition_for_key(key_text.encode(), count)
+            ts = int(timestamp * 1000) if timestamp is not None else unit.origin.timestamp_ms
+            unit.outbox.append(("p", self, target, key_text, payload, origin, ts))
+            return _done()
+        kb = self.encode_key(key, key_serializer)
+        vb = self.encode_value(value, value_serializer)
+        if partition is None:
+            partition = self.partition_of(kb, count, unit.fence + origin.position[-1])
+        extra = list(headers.items()) if isinstance(headers, dict) else list(headers or ())
+        encoded = [(k, v.encode() if isinstance(v, str) else v) for k, v in extra]
+        unit.outbox.append(
+            ("r", self.get_topic_name(), partition, kb, vb, encoded + origin_headers(origin), timestamp)
+        )
+        return _done()
+
+    def send_soon(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("sluice: use `await topic.send(...)` (send_soon bypasses the unit)")
+
+    async def maybe_declare(self) -> None:
+        """Topics are created by the worker at start (all of them at once)."""
+
+    async def declare(self) -> None:
+        await self.app.data_plane.declare([self])
+
+    def event_message(self, record: Any, tp: Any) -> Message:
+        return message(record, tp)

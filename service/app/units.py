@@ -1,0 +1,122 @@
+"""Units of work: what an agent is processing, and where its effects wait until it is done.
+
+A *unit* is one event, or one list of events an agent took with ``stream.take()``. While an
+agent works on a unit, everything it does lands in the unit:
+
+* **table writes** go to the table partitions' pending overlay at once (later reads see them),
+  with an undo entry here, each guarded by the unit's origin (:mod:`tables.table`);
+* **sends** wait here, in order, with the origin in their headers.
+
+When the agent asks for its next unit (or returns), the unit is *done*: its sends join the
+fetched batch's outgoing records, its undo entries are dropped. If the agent raises instead,
+the unit is *rolled back* — writes undone, sends dropped — and its events are dead-lettered
+(``job_error``; ``BadRecord`` gives its own reason); the agent is started again on the next
+unit. So an event is applied wholly or not at all, and nothing is acknowledged that failed
+(faust-streaming #315, #527); the engine commits a batch's offsets only when every unit of it
+is done (#606, with any ``concurrency``).
+
+Origins: an event read from a topic nobody in this app wrote carries its own position
+``(topic:partition, [offset])``; a record an agent sent carries, in ``sluice.origin`` headers,
+the origin of the unit it was sent from plus the send's index in the unit. A table write
+made while processing a unit is guarded by that origin, extended by the write's index in the
+unit — so a deterministic agent replayed after a crash changes nothing, however many hops the
+data went through.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tables.positions import Origin
+
+if TYPE_CHECKING:
+    from faust import Event
+
+    from tables.table import TablePartition
+
+
+class BadRecord(Exception):
+    """Raised by agent code about the event itself: it goes to the dead letters with ``reason``."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class Redeliver(BaseException):
+    """A combined event met a row that applied only some of its parts (a replay cut at other
+    offsets than the first run): the unit is rolled back and its parts are delivered one by one.
+    A ``BaseException`` so that an agent's ``except Exception`` cannot swallow it."""
+
+
+@dataclass(eq=False)
+class Unit:
+    """One event an agent is processing, and what processing it has done so far."""
+
+    event: Event
+    origin: Origin
+    fence: int
+    """The partition number whose fenced producer and table partitions the effects belong to
+    (the event's partition: tables are co-partitioned with the topics that write them)."""
+    via: str
+    """``topic:partition`` the event was read from."""
+    tag: str
+    """The agent's origin tag (see :mod:`service.app.agent`)."""
+    hop: bool
+    """Whether the event came through a hop (its origin was carried in headers)."""
+    job: str
+    """The agent's metrics and dead-letter label."""
+    sends: int = 0
+    replay: bool = False
+    """A table write found the event already applied: the event is a replay, and all its effects
+    — the writes and the sends before them — are durable already (sends are acknowledged before
+    the rows, and a partition's rows in one transaction), so its sends are dropped instead of
+    repeating outputs computed from rows that already include it."""
+    writes: dict[tuple[int, str], int] = field(default_factory=dict)
+    undo: list[tuple[TablePartition, str, Any]] = field(default_factory=list)
+    outbox: list[Any] = field(default_factory=list)
+    dirty: set[TablePartition] = field(default_factory=set)
+
+    def write_origin(self, table: TablePartition, key: str) -> Origin:
+        """The origin of this unit's next write of ``key`` in ``table``: the event's own for the
+        first, then one level deeper (``[..., 1]``, ``[..., 2]``) for rewrites of the same row."""
+        slot = (id(table), key)
+        index = self.writes.get(slot, 0)
+        self.writes[slot] = index + 1
+        return self.origin if index == 0 else self.origin.extend(index)
+
+    def send_origin(self) -> Origin:
+        """The origin a record sent now carries: the event's, one level deeper per send, under
+        a source key naming the path when the event came through a hop or the agent is tagged."""
+        index = self.sends
+        self.sends += 1
+        source = self.origin.source
+        if self.hop:
+            source = f"{source}>{self.via}"
+        return Origin(source + self.tag, [*self.origin.position, index], self.origin.timestamp_ms)
+
+    def rollback(self) -> None:
+        for table, key, previous in reversed(self.undo):
+            table.restore_pending(key, previous)
+        self.undo.clear()
+        self.outbox.clear()
+        self.dirty.clear()
+
+
+_current: contextvars.ContextVar[Unit | None] = contextvars.ContextVar("sluice_unit", default=None)
+
+
+def current_unit() -> Unit | None:
+    """The unit the calling agent task is processing (``None`` outside agents)."""
+    return _current.get()
+
+
+def set_unit(unit: Unit | None) -> None:
+    _current.set(unit)
+
+
+Callback = Callable[[], None]

@@ -1,0 +1,113 @@
+"""The built-in agents through their test seam (``agent.test_context()``, service.app.testing):
+the real agent code on in-memory tables, with the guard — a replayed event changes nothing, a
+failing event is dead-lettered and the agent goes on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from service.app.builtin import create_app
+from service.settings import load_settings
+
+
+def app_for(*jobs: str, **settings: Any) -> Any:
+    return create_app(load_settings(app_id="unit", jobs=jobs, **settings))
+
+
+async def test_wordcount_split_sends_each_word_with_the_line_origin() -> None:
+    app = app_for("wordcount")
+    async with app.agents["wordcount"].test_context() as ctx:
+        await ctx.put(b"the cat the end", partition=1, offset=7)
+    # packed sends are encoded per target partition: one record with every word of the line
+    assert {s.topic for s in ctx.sent} == {"unit-wordcount-repartition"}
+    assert ctx.dead_letters == []
+
+
+async def test_wordcount_counts_and_a_replayed_event_changes_nothing() -> None:
+    app = app_for("wordcount")
+    counts = app.tables["wordcount"]
+    async with app.agents["wordcount-count"].test_context() as ctx:
+        await ctx.put(2, key="the", origin=("lines:0", [7, 0]))
+        await ctx.put(1, key="end", origin=("lines:0", [7, 1]))
+        await ctx.put(2, key="the", origin=("lines:0", [7, 0]))  # the same line again: a replay
+        await ctx.put(1, key="the", origin=("lines:0", [9, 0]))
+        assert counts["the"] == 3 and counts["end"] == 1
+        assert sum(p.duplicates_skipped for p in counts.partitions_here.values()) == 1
+    outputs = [(s.key, s.value) for s in ctx.sent]
+    assert outputs == [
+        (b"the", {"word": "the", "count": 2}),
+        (b"end", {"word": "end", "count": 1}),
+        (b"the", {"word": "the", "count": 3}),
+    ]
+    assert all(s.headers["sluice.source.topic"] == b"lines" for s in ctx.sent)
+
+
+async def test_a_line_that_is_not_utf8_is_dead_lettered_and_the_agent_goes_on() -> None:
+    app = app_for("wordcount")
+    async with app.agents["wordcount"].test_context() as ctx:
+        await ctx.put(b"\xff\xfe bad", partition=0, offset=3)
+        await ctx.put(b"fine line", partition=0, offset=4)
+    [letter] = ctx.dead_letters
+    assert letter.headers["sluice.reason"] == b"invalid_utf8"
+    assert letter.headers["sluice.source.offset"] == b"3"
+    assert letter.value == b"\xff\xfe bad"
+    words = {update[0] for sent in ctx.sent for update in sent.value["c"]}
+    assert words == {"fine", "line"}  # the next line went through
+
+
+async def test_an_agent_exception_rolls_back_the_event_and_dead_letters_it() -> None:
+    app = app_for("wordcount")
+    counts = app.tables["wordcount"]
+    agent = app.agents["wordcount-count"]
+    boom = {"on": True}
+    original = agent.fun
+
+    async def failing(stream: Any) -> None:
+        async for word, n in stream.items():
+            counts[word] += n
+            if boom["on"] and word == "bad":
+                raise RuntimeError("the agent's own bug")
+
+    agent.fun = failing
+    try:
+        async with agent.test_context() as ctx:
+            await ctx.put(1, key="bad", origin=("lines:0", [1, 0]))
+            await ctx.put(1, key="ok", origin=("lines:0", [2, 0]))
+            assert "bad" not in counts  # the write was undone
+            assert counts["ok"] == 1
+            boom["on"] = False
+            await ctx.put(1, key="bad", origin=("lines:0", [1, 0]))  # replayed later: applied once
+            assert counts["bad"] == 1
+    finally:
+        agent.fun = original
+    [letter] = ctx.dead_letters
+    assert letter.headers["sluice.reason"] == b"job_error"
+    assert letter.headers["sluice.detail"] == b"RuntimeError: the agent's own bug"
+
+
+@pytest.mark.parametrize("grace_ms", [0, 10_000])
+async def test_rollup_folds_totals_and_windows(grace_ms: int) -> None:
+    app = app_for("rollup", window_grace_ms=grace_ms)
+    totals, windows = app.tables["rollup_totals"], app.tables["rollup_windows"]
+    async with app.agents["rollup-fold"].test_context() as ctx:
+        for i, (value, ts) in enumerate([(1, 1_000), (4, 30_000), (2, 61_000)]):
+            await ctx.put([value, ts], key="a", origin=("events:0", [i, 0]))
+        await ctx.put([4, 30_000], key="a", origin=("events:0", [1, 0]))  # replay: skipped
+        assert totals["a"] == {"count": 3, "sum": 7, "min": 1, "max": 4}
+        part = windows.partitions_here[0]
+        rows = {k: r.value for k, r in part.rows() if not k.startswith("\x00")}
+    assert rows == {
+        "000000000000000|a": {"count": 2, "sum": 5, "min": 1, "max": 4},
+        "000000000060000|a": {"count": 1, "sum": 2, "min": 2, "max": 2},
+    }
+
+
+async def test_rollup_validation_dead_letters_with_the_reason() -> None:
+    app = app_for("rollup")
+    async with app.agents["rollup"].test_context() as ctx:
+        await ctx.put(b'{"key": "k", "value": "x", "ts": 1}', partition=0, offset=0)
+        await ctx.put(b'{"key": "k", "value": 1, "ts": 1}', partition=0, offset=1)
+    assert [d.headers["sluice.reason"] for d in ctx.dead_letters] == [b"wrong_type"]
+    assert len(ctx.sent) >= 1
