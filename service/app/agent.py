@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import traceback
 from collections.abc import AsyncIterator
 from typing import Any
@@ -33,6 +34,9 @@ from service.app.units import BadRecord, Redeliver, Unit
 from tables.positions import Origin
 
 log = logging.getLogger(__name__)
+
+MAX_FAILURES = 10
+"""Consecutive failures of an agent's own code (outside any event) before the worker stops."""
 
 
 class SluiceAgent(Agent):
@@ -51,10 +55,17 @@ class SluiceAgent(Agent):
         """Appended to the source key of what this agent sends, so two agents reading one topic
         and sending to one place never share origins (the built-in jobs keep the plain key)."""
         self.feeds: dict[str, Feed] = {}
+        """Topic name -> the feed of the stream reading it."""
+        self.pattern_feeds: dict[str, tuple[re.Pattern[str], Feed]] = {}
+        """A channel subscribed by pattern: its feed takes every matching topic."""
         self._sluice_tasks: list[asyncio.Task[None]] = []
         self.streams_started = 0
 
     # ------------------------------------------------------------------ feeds and streams
+
+    def info(self) -> Any:
+        """What :meth:`clone` copies (Faust's, plus sluice's options)."""
+        return {**super().info(), "job": self.job, "origin_tag": self.origin_tag}
 
     def feed_for(self, topics: list[str]) -> Feed:
         feed = Feed(f"{self.name}:{','.join(topics)}")
@@ -65,6 +76,7 @@ class SluiceAgent(Agent):
     def new_stream(self, channel: Any, feed: Feed) -> SluiceStream:
         stream = SluiceStream(channel, app=self.app, prefix=self.name, beacon=self.beacon)
         stream.feed = feed
+        stream.agent = self
         job, tag = self.job, self.origin_tag
 
         def new_unit(event: Event) -> Unit:
@@ -84,7 +96,16 @@ class SluiceAgent(Agent):
 
     def stream(self, channel: Any = None, active_partitions: Any = None, **kwargs: Any) -> SluiceStream:
         channel = channel if channel is not None else self.channel
-        names = list(channel.topics) if channel.topics else [channel.get_topic_name()]
+        pattern = getattr(channel, "pattern", None)
+        if pattern:
+            found = self.pattern_feeds.get(pattern.pattern)
+            if found is None:
+                found = self.pattern_feeds[pattern.pattern] = (
+                    pattern,
+                    Feed(f"{self.name}:{pattern.pattern}"),
+                )
+            return self.new_stream(channel, found[1])
+        names = list(channel.topics) or [channel.get_topic_name()]
         feed = self.feeds.get(names[0]) or self.feed_for(names)
         return self.new_stream(channel, feed)
 
@@ -122,6 +143,7 @@ class SluiceAgent(Agent):
     # ------------------------------------------------------------------ actors
 
     async def _actor(self, stream: SluiceStream, fun: Any) -> None:
+        failures = 0
         while True:
             try:
                 result = fun(stream)
@@ -137,8 +159,14 @@ class SluiceAgent(Agent):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if not self._fail(stream, exc):
-                    await asyncio.sleep(1.0)
+                if self._fail(stream, exc):
+                    failures = 0
+                    continue
+                failures += 1
+                if failures >= MAX_FAILURES:  # not an event's fault: the worker stops (exit 1)
+                    stream.feed.fail(exc)
+                    return
+                await asyncio.sleep(0.5)
 
     def _fail(self, stream: SluiceStream, exc: Exception) -> bool:
         """Roll back the events in flight and dead-letter them; the actor starts again.

@@ -78,10 +78,11 @@ def sluice_overrides(app_id: str | None, options: dict[str, Any]) -> dict[str, A
 
 
 class BootStrategy(FaustBootStrategy):
-    app: Any
     """What a sluice worker starts: the web server, the agents, then the data plane (which
     subscribes once every agent has reached its stream). Faust's consumer, conductor, producer
     and table manager stay off."""
+
+    app: Any
 
     def server(self) -> Iterable[ServiceT]:
         app = self.app
@@ -114,8 +115,9 @@ class App(faust.App):
         options["broker"] = [f"kafka://{b}" for b in settings.brokers]
         options["datadir"] = str(settings.data_dir)
         options.setdefault("web_port", settings.web_port)
-        options.setdefault("web_host", settings.web_host)
         options.setdefault("web_bind", settings.web_host)
+        if settings.web_host not in ("0.0.0.0", "::", ""):  # else Faust's default: the hostname
+            options.setdefault("web_host", settings.web_host)
         options.setdefault("topic_partitions", settings.topic_partitions)
         options.setdefault("logging_config", logging_config(settings.log_level))
         super().__init__(settings.app_id, **options)

@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, cast
 
 from aiokafka import TopicPartition
 from mode import Service
 
 from service.app.events import make_event, message, origin_of
 from service.app.feed import Feed
+from service.app.outbox import Outbox
 from service.app.units import Unit
 from service.app.windows import attach, close_due
+from service.effects import Sender
 from service.engine import Engine
-from service.engine.outbox import Outbox
+from service.engine.deadletters import DeadLetters
 from service.metrics import Metrics
 from service.repartition import decode as decode_packed
 from service.settings import Settings
@@ -57,7 +59,6 @@ class DataPlane(Service):
         self.topics: dict[str, SluiceTopic] = {}
         """Every topic the app declared, by name."""
         self._feeds: dict[str, list[tuple[Feed, SluiceAgent]]] = {}
-        self._patterns: list[tuple[re.Pattern[str], SluiceTopic]] = []
         self.clock_routes: dict[TopicPartition, set[tuple[SluiceTopic, str]]] = {}
         """Input partition -> (watermarked topic, source) its agents report to."""
         self.failure: BaseException | None = None
@@ -135,18 +136,14 @@ class DataPlane(Service):
     def subscriptions(self) -> tuple[list[str], list[str]]:
         """Topics (and patterns) the agents read."""
         names: dict[str, None] = {}
-        patterns = []
+        patterns: dict[str, None] = {}
         self._feeds.clear()
-        self._patterns.clear()
         for agent in self.agents():
             for name, feed in agent.feeds.items():
                 names[name] = None
                 self._feeds.setdefault(name, []).append((feed, agent))
-            channel: Any = agent.channel
-            if getattr(channel, "pattern", None):
-                patterns.append(channel.pattern.pattern)
-                self._patterns.append((channel.pattern, channel))
-        return list(names), patterns
+            patterns.update(dict.fromkeys(agent.pattern_feeds))
+        return list(names), list(patterns)
 
     def topic_specs(self) -> list[TopicSpec]:
         n = self.settings.topic_partitions
@@ -162,35 +159,41 @@ class DataPlane(Service):
 
     def feeds_for(self, topic: str) -> list[tuple[Feed, SluiceAgent]]:
         found = self._feeds.get(topic)
-        if found is None:
-            found = []
-            for pattern, channel in self._patterns:
-                if pattern.fullmatch(topic):
-                    for agent in self.agents():
-                        if agent.channel is channel:
-                            found.extend(
-                                (feed, agent)
-                                for feed in {id(f): f for f in agent.feeds.values()}.values()
-                                for _ in [0]
-                            )
+        if found is None:  # a topic matching a pattern, seen for the first time
+            found = [
+                (feed, agent)
+                for agent in self.agents()
+                for regex, feed in agent.pattern_feeds.values()
+                if regex.fullmatch(topic)
+            ]
             self._feeds[topic] = found
         return found
 
     def topic_of(self, name: str) -> SluiceTopic:
         topic = self.topics.get(name)
-        if topic is None:
-            for pattern, channel in self._patterns:
-                if pattern.fullmatch(name):
-                    return channel
-            raise KeyError(name)
-        return topic
+        if topic is not None:
+            return topic
+        for agent in self.agents():
+            channel: Any = agent.channel
+            pattern = getattr(channel, "pattern", None)
+            if pattern and pattern.fullmatch(name):
+                return cast("SluiceTopic", channel)
+        raise KeyError(name)
 
     # ------------------------------------------------------------------ a batch
 
-    async def process(self, batch: dict[TopicPartition, tuple[list[Any], int]], outbox: Outbox) -> None:
+    async def process(
+        self,
+        batch: dict[TopicPartition, tuple[list[Any], int]],
+        sender_for: Callable[[int], Sender],
+        dead_letters: DeadLetters,
+    ) -> dict[int, set[TablePartition]]:
         rt = self.engine.rt
+        outbox = Outbox(sender_for, dead_letters)
         outbox.on_clock = self.learn_route
         feeds_used: dict[int, Feed] = {}
+        jobs: dict[str, int] = {}
+        """Agent job -> the broker timestamp of its batch's first record (event latency)."""
         heard: list[tuple[int, str, int, int]] = []
         for tp, (records, _) in batch.items():
             source = rt.incarnations.key(tp.topic, tp.partition)
@@ -201,11 +204,20 @@ class DataPlane(Service):
                     feed.outbox = outbox
                     feed.push(events)
                     feeds_used[id(feed)] = feed
-                    if self.settings.metrics_enabled and records:
-                        self.metrics.events_processed.labels(agent.job, tp.topic, str(tp.partition)).inc(
-                            len(records)
+                    jobs.setdefault(agent.job, records[0].timestamp)
+                    if self.settings.metrics_enabled:
+                        processed = self.metrics.events_processed.labels(
+                            agent.job, tp.topic, str(tp.partition)
                         )
+                        processed.inc(len(records))
+        began = time.monotonic()
         await self._drain(feeds_used.values())
+        if self.settings.metrics_enabled:
+            spent = time.monotonic() - began
+            now_ms = time.time() * 1000
+            for job, first_ms in jobs.items():
+                self.metrics.processing.labels(job).observe(spent)
+                self.metrics.event_latency.labels(job).observe(max(0.0, (now_ms - first_ms) / 1000))
         for tp, (_, position) in batch.items():
             for topic, source in self.clock_routes.get(tp, ()):
                 outbox.report(topic, source, tp.partition, position)
@@ -216,6 +228,7 @@ class DataPlane(Service):
                     part.clock.heard(source, w, o)  # type: ignore[attr-defined]
         await self._close_windows(outbox)
         outbox.finish(self.partitions_of, outbox.reached)
+        return outbox.dirty
 
     def decode(
         self,
@@ -345,6 +358,8 @@ class DataPlane(Service):
             else f"http://{self.settings.web_host}:{self.settings.web_port}"
         )
         self._engine = Engine(self.settings, self, self.metrics, url)
+        for agent in self.agents():  # every job's series exists from the start, at 0
+            self.metrics.late_events.labels(agent.job)
         await self._agents_ready()
         await self.engine.start()
         self._run = asyncio.create_task(self._serve(), name="sluice-engine")

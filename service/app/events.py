@@ -94,16 +94,16 @@ def origin_of(record: Any, source: str) -> Origin:
     return Origin(source, [record.offset], record.timestamp)
 
 
-def origin_headers(origin: Origin) -> list[tuple[str, bytes]]:
-    """Headers of a record sent while processing ``origin``: the source record it comes from
+def origin_headers(base: str, source: str, position: list[int]) -> list[tuple[str, bytes]]:
+    """Headers of a record sent while processing an event of origin ``position`` under source
+    key ``source`` (``base``: the event's own source): the source record it comes from
     (``sluice.source.*``, so any consumer can drop repeats: outputs are at-least-once) and the
-    exact origin (``sluice.origin``, ``sluice.pos``) that sluice agents downstream are guarded by."""
-    base = origin.source.split("@", 1)[0].split(">", 1)[0].partition("#")[0]
-    topic, _, partition = base.rpartition(":")
+    origin (``sluice.origin``; the send's ``sluice.pos`` is added per record) that sluice agents
+    downstream are guarded by."""
+    topic, _, partition = base.split(">", 1)[0].partition("#")[0].rpartition(":")
     return [
         ("sluice.source.topic", topic.encode()),
         ("sluice.source.partition", partition.encode()),
-        ("sluice.source.offset", str(origin.position[0]).encode()),
-        (ORIGIN_HEADER, origin.source.encode()),
-        (POSITION_HEADER, orjson.dumps(origin.position)),
+        ("sluice.source.offset", str(position[0]).encode()),
+        (ORIGIN_HEADER, source.encode()),
     ]

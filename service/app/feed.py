@@ -19,7 +19,7 @@ from service.app.units import Unit
 if TYPE_CHECKING:
     from faust import Event
 
-    from service.engine.outbox import Outbox
+    from service.app.outbox import Outbox
 
 
 class Feed:
@@ -72,15 +72,22 @@ class Feed:
 
     def finish(self, units: list[Unit], committed: bool) -> None:
         """``units`` are done (their effects handed to the outbox) or abandoned."""
-        if committed and units:
-            outbox = self.outbox
-            assert outbox is not None, f"feed {self.name}: a unit finished outside a batch"
-            for unit in units:
-                outbox.take(unit)
-        self.in_flight -= len(units)
-        if self.in_flight <= 0 and not self._queue:
-            self.in_flight = 0
-            self._idle.set()
+        try:
+            if committed and units:
+                outbox = self.outbox
+                assert outbox is not None, f"feed {self.name}: a unit finished outside a batch"
+                for unit in units:
+                    outbox.take(unit)
+        finally:
+            self.in_flight -= len(units)
+            if self.in_flight <= 0 and not self._queue:
+                self.in_flight = 0
+                self._idle.set()
+
+    def fail(self, exc: BaseException) -> None:
+        """The agent cannot go on: the engine stops the worker (nothing of the batch commits)."""
+        self.failure = exc
+        self._idle.set()
 
     @property
     def idle(self) -> bool:

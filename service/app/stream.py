@@ -55,6 +55,8 @@ class SluiceStream(Stream[Any]):
     app: Any
     channel: Any
     feed: Feed
+    agent: Any = None
+    """The agent whose actor iterates this stream."""
     new_unit: UnitFactory
     """Set by the agent that owns the stream (see :class:`service.app.agent.Agent`)."""
 
@@ -213,7 +215,7 @@ class SluiceStream(Stream[Any]):
                 partitions=partitions or self.app.conf.topic_partitions,
                 internal=True,
             )
-        agent = self.app.agents.get(self.prefix) if self.prefix else None
+        agent = self.agent
         if agent is None:
             raise ImproperlyConfigured("sluice: group_by works on an agent's stream")
         return agent.regroup(self, topic, key)

@@ -47,6 +47,8 @@ def split_window_key(stored: str) -> tuple[str, int]:
 class SluiceTable(Table[Any, Any]):
     """``app.Table``: a Faust table whose partitions are :class:`tables.table.TablePartition`."""
 
+    app: Any
+
     def __init__(
         self,
         app: Any,
@@ -195,7 +197,7 @@ class SluiceTable(Table[Any, Any]):
         stored = self.storage_key(key)
         part = self.partition_for(stored, unit)
         if self.window is not None and self._closed(part, stored):
-            self.late_events += 1
+            self.app.sluice_metrics.late_events.labels(unit.job).inc()
             return
         origin = unit.write_origin(part, stored)
         verdict = part.check(stored, origin)
@@ -210,8 +212,7 @@ class SluiceTable(Table[Any, Any]):
             previous = part.write(
                 stored, None if deleted else self.to_storage(value), origin, deleted=deleted
             )
-        unit.undo.append((part, stored, previous))
-        unit.dirty.add(part)
+        unit.wrote(part, stored, previous)
 
     def _check_combined(self, part: TablePartition, stored: str, unit: Unit) -> None:
         """A combined event whose parts this row applied only some of: deliver its parts one

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from faust import Topic
 
-from service.app.events import message, origin_headers
+from service.app.events import message
 from service.app.units import current_unit
 from service.kafka.murmur2 import partition_for_key
 
@@ -36,9 +37,10 @@ _DONE: asyncio.Future[Any] | None = None
 
 
 def _done() -> asyncio.Future[Any]:
-    """One completed future, returned by every in-unit send (Faust returns a future)."""
+    """One completed future, returned by every in-unit send (Faust's send returns a future;
+    awaiting a completed one never touches its loop)."""
     global _DONE
-    if _DONE is None or _DONE.get_loop() is not asyncio.get_running_loop():
+    if _DONE is None:
         _DONE = asyncio.get_running_loop().create_future()
         _DONE.set_result(None)
     return _DONE
@@ -49,6 +51,8 @@ class SluiceTopic(Topic):
     pack = False
     combine: Callable[[Any, Any], Any] | None = None
     watermarks = False
+    _name: str | None = None
+    _place: Callable[[str], int] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -123,8 +127,8 @@ class SluiceTopic(Topic):
         if raw is None:
             return None
         fast = self._fast_value
-        if fast == "json" and self.value_type in (None, dict, list):
-            return orjson.loads(raw)
+        if fast == "json" and self.value_type in (None, dict, list) and b'"__faust"' not in raw:
+            return orjson.loads(raw)  # no Record inside to rebuild (Faust's blessed keys)
         if fast == "raw":
             return raw.decode() if self.value_type is str else raw
         return self.schema.loads_value(self.app, msg, loads=self.app.serializers.loads_value)
@@ -135,6 +139,23 @@ class SluiceTopic(Topic):
         """The Java client's placement for a key (murmur2), and for no key a placement that a
         replay repeats (``spread``: the sending event's partition plus the send's index)."""
         return partition_for_key(key, count) if key is not None else spread % count
+
+    def _placement(self) -> Callable[[str], int]:
+        """Where a packed send's key goes, cached per key (a word goes where it always goes)."""
+        place = self._place
+        if place is None:
+            count = self.app.data_plane.partitions_of(self.name)
+            place = self._place = lru_cache(maxsize=1 << 16)(
+                lambda key: partition_for_key(key.encode(), count)
+            )
+        return place
+
+    @property
+    def name(self) -> str:
+        name = self._name
+        if name is None:
+            name = self._name = self.get_topic_name()
+        return name
 
     async def send(
         self,
@@ -151,27 +172,26 @@ class SluiceTopic(Topic):
         force: bool = False,
     ) -> Any:
         unit = current_unit()
-        plane = self.app.data_plane
         if unit is None:
-            return await plane.send_now(self, key, value, partition, timestamp, headers)
-        origin = unit.send_origin()
-        count = plane.partitions_of(self.get_topic_name())
+            return await self.app.data_plane.send_now(self, key, value, partition, timestamp, headers)
+        index = unit.sends
+        unit.sends = index + 1
         if self.pack:
             key_text = key if isinstance(key, str) else orjson.dumps(key).decode()
-            payload = value.to_representation() if hasattr(value, "to_representation") else value
-            target = partition if partition is not None else partition_for_key(key_text.encode(), count)
+            if hasattr(value, "to_representation"):
+                value = value.to_representation()
+            target = partition if partition is not None else self._placement()(key_text)
             ts = int(timestamp * 1000) if timestamp is not None else unit.origin.timestamp_ms
-            unit.outbox.append(("p", self, target, key_text, payload, origin, ts))
+            unit.outbox.append((self, target, key_text, value, index, ts))
             return _done()
         kb = self.encode_key(key, key_serializer)
         vb = self.encode_value(value, value_serializer)
         if partition is None:
-            partition = self.partition_of(kb, count, unit.fence + origin.position[-1])
+            count = self.app.data_plane.partitions_of(self.name)
+            partition = self.partition_of(kb, count, unit.fence + index)
         extra = list(headers.items()) if isinstance(headers, dict) else list(headers or ())
         encoded = [(k, v.encode() if isinstance(v, str) else v) for k, v in extra]
-        unit.outbox.append(
-            ("r", self.get_topic_name(), partition, kb, vb, encoded + origin_headers(origin), timestamp)
-        )
+        unit.outbox.append((None, self.name, partition, kb, vb, encoded, index, timestamp))
         return _done()
 
     def send_soon(self, *args: Any, **kwargs: Any) -> Any:

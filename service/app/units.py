@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tables.positions import Origin
@@ -53,58 +52,91 @@ class Redeliver(BaseException):
     A ``BaseException`` so that an agent's ``except Exception`` cannot swallow it."""
 
 
-@dataclass(eq=False)
 class Unit:
-    """One event an agent is processing, and what processing it has done so far."""
+    """One event an agent is processing, and what processing it has done so far.
 
-    event: Event
-    origin: Origin
-    fence: int
-    """The partition number whose fenced producer and table partitions the effects belong to
-    (the event's partition: tables are co-partitioned with the topics that write them)."""
-    via: str
-    """``topic:partition`` the event was read from."""
-    tag: str
-    """The agent's origin tag (see :mod:`service.app.agent`)."""
-    hop: bool
-    """Whether the event came through a hop (its origin was carried in headers)."""
-    job: str
-    """The agent's metrics and dead-letter label."""
-    sends: int = 0
-    replay: bool = False
-    """A table write found the event already applied: the event is a replay, and all its effects
-    — the writes and the sends before them — are durable already (sends are acknowledged before
-    the rows, and a partition's rows in one transaction), so its sends are dropped instead of
-    repeating outputs computed from rows that already include it."""
-    writes: dict[tuple[int, str], int] = field(default_factory=dict)
-    undo: list[tuple[TablePartition, str, Any]] = field(default_factory=list)
-    outbox: list[Any] = field(default_factory=list)
-    dirty: set[TablePartition] = field(default_factory=set)
+    ``__slots__`` and containers made on first use: a unit is made per event, and most units
+    of a stateless agent write nothing, and most of a counting agent's send nothing twice.
+    """
+
+    __slots__ = (
+        "dirty",
+        "event",
+        "fence",
+        "hop",
+        "job",
+        "origin",
+        "outbox",
+        "replay",
+        "sends",
+        "tag",
+        "undo",
+        "via",
+        "writes",
+    )
+
+    def __init__(
+        self, event: Event, origin: Origin, fence: int, via: str, tag: str, hop: bool, job: str
+    ) -> None:
+        self.event = event
+        self.origin = origin
+        self.fence = fence
+        """The partition number whose fenced producer and table partitions the effects belong to
+        (the event's partition: tables are co-partitioned with the topics that write them)."""
+        self.via = via
+        """``topic:partition`` the event was read from."""
+        self.tag = tag
+        """The agent's origin tag (see :mod:`service.app.agent`)."""
+        self.hop = hop
+        """Whether the event came through a hop (its origin was carried in headers)."""
+        self.job = job
+        """The agent's metrics and dead-letter label."""
+        self.sends = 0
+        self.replay = False
+        """A table write found the event already applied: the event is a replay, and all its
+        effects — the writes and the sends before them — are durable already (sends are
+        acknowledged before the rows, and a partition's rows are one transaction), so its sends
+        are dropped instead of repeating outputs computed from rows that already include it."""
+        self.writes: dict[tuple[int, str], int] | None = None
+        self.undo: list[tuple[TablePartition, str, Any]] = []
+        self.outbox: list[Any] = []
+        self.dirty: set[TablePartition] | None = None
 
     def write_origin(self, table: TablePartition, key: str) -> Origin:
         """The origin of this unit's next write of ``key`` in ``table``: the event's own for the
         first, then one level deeper (``[..., 1]``, ``[..., 2]``) for rewrites of the same row."""
+        writes = self.writes
+        if writes is None:
+            writes = self.writes = {}
         slot = (id(table), key)
-        index = self.writes.get(slot, 0)
-        self.writes[slot] = index + 1
+        index = writes.get(slot, 0)
+        writes[slot] = index + 1
         return self.origin if index == 0 else self.origin.extend(index)
 
-    def send_origin(self) -> Origin:
-        """The origin a record sent now carries: the event's, one level deeper per send, under
-        a source key naming the path when the event came through a hop or the agent is tagged."""
-        index = self.sends
-        self.sends += 1
+    def wrote(self, table: TablePartition, key: str, previous: Any) -> None:
+        self.undo.append((table, key, previous))
+        if self.dirty is None:
+            self.dirty = set()
+        self.dirty.add(table)
+
+    def send_source(self) -> str:
+        """The source key records sent for this unit carry: the event's, naming the path when the
+        event came through a hop, and the sending agent when it is tagged."""
         source = self.origin.source
         if self.hop:
             source = f"{source}>{self.via}"
-        return Origin(source + self.tag, [*self.origin.position, index], self.origin.timestamp_ms)
+        return source + self.tag
+
+    def send_origin(self, index: int) -> Origin:
+        """The origin of this unit's ``index``-th send: the event's, one level deeper."""
+        return Origin(self.send_source(), [*self.origin.position, index], self.origin.timestamp_ms)
 
     def rollback(self) -> None:
         for table, key, previous in reversed(self.undo):
             table.restore_pending(key, previous)
         self.undo.clear()
         self.outbox.clear()
-        self.dirty.clear()
+        self.dirty = None
 
 
 _current: contextvars.ContextVar[Unit | None] = contextvars.ContextVar("sluice_unit", default=None)

@@ -101,8 +101,7 @@ async def close_due(
         finally:
             set_unit(None)
         previous = part.remove(stored)
-        unit.undo.append((part, stored, previous))
-        unit.dirty.add(part)
+        unit.wrote(part, stored, previous)
         units.append(unit)
     return units
 

@@ -161,6 +161,7 @@ class Assignments:
         assert consumer is not None
         held = await self._table_offsets(assigned)
         committed = await _committed(consumer, assigned)
+        from_start: list[TopicPartition] = []
         for tp in sorted(assigned):
             group = committed.get(tp)
             table = held.get(tp)
@@ -190,7 +191,7 @@ class Assignments:
                     "table to reprocess them (the guard skips what was applied) or =group to accept"
                 )
             if position is None:
-                await consumer.seek_to_beginning(tp)
+                from_start.append(tp)
                 rt.progress.expected[tp] = UNKNOWN
             else:
                 consumer.seek(tp, position)
@@ -198,6 +199,8 @@ class Assignments:
                 rt.progress.durable[tp] = position
                 if group == position:
                     rt.progress.committed[tp] = position
+        if from_start:  # one request for all: each awaited reset costs a round trip in the callback
+            await consumer.seek_to_beginning(*from_start)
 
 
 async def _committed(consumer: object, assigned: set[TopicPartition]) -> dict[TopicPartition, int]:

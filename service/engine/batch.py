@@ -20,7 +20,6 @@ from aiokafka import TopicPartition
 from service.effects import Sender
 from service.engine.durability import Durability
 from service.engine.fencing import FENCED_ERRORS
-from service.engine.outbox import Outbox
 from service.engine.progress import UNKNOWN
 from service.engine.runtime import Runtime
 from service.ratelimit import RateLimiter
@@ -84,9 +83,8 @@ class Batches:
             return shared if shared is not None else senders[number]
 
         assert rt.dead_letters is not None
-        outbox = Outbox(sender_for, rt.dead_letters)
-        await rt.workload.process(batch, outbox)
-        for number, parts in outbox.dirty.items():
+        dirty = await rt.workload.process(batch, sender_for, rt.dead_letters)
+        for number, parts in dirty.items():
             rt.dirty.setdefault(number, set()).update(parts)
         self._count_duplicates()
         if self.stalled(started):

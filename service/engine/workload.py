@@ -6,15 +6,15 @@ The engine (fetch, admission, durability, fencing, resume, restore, lag) knows n
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from aiokafka import TopicPartition
 
+from service.effects import Sender
+from service.engine.deadletters import DeadLetters
 from service.topics import TopicSpec
 from tables.table import TablePartition, TableSpec
-
-if TYPE_CHECKING:
-    from service.engine.outbox import Outbox
 
 
 class Table(Protocol):
@@ -36,8 +36,14 @@ class Workload(Protocol):
     def tables(self) -> list[Any]:
         """The app's tables (each with a ``spec`` and ``partitions``)."""
 
-    async def process(self, batch: dict[TopicPartition, tuple[list[Any], int]], outbox: Outbox) -> None:
-        """Run a fetched batch through the agents; effects go to ``outbox``."""
+    async def process(
+        self,
+        batch: dict[TopicPartition, tuple[list[Any], int]],
+        sender_for: Callable[[int], Sender],
+        dead_letters: DeadLetters,
+    ) -> dict[int, set[TablePartition]]:
+        """Run a fetched batch through the agents; their records go to ``sender_for(partition
+        number)``; return the table partitions changed, by partition number."""
 
     def on_partitions(self, tables: dict[str, dict[int, TablePartition]]) -> None:
         """The table partitions this worker owns now, restored."""

@@ -14,6 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
+from service.app.events import POSITION_HEADER, origin_headers
 from service.effects import Sender
 from service.engine.deadletters import DeadLetters
 from service.repartition import OversizedUpdate
@@ -51,26 +54,37 @@ class Outbox:
         """A unit is done: its effects join the batch (a replay's are durable already)."""
         if unit.replay:
             return
-        for item in unit.outbox:
-            if item[0] == "r":
-                _, topic, partition, key, value, headers, timestamp = item
-                sender = self.sender_for(unit.fence)
-                sender.add(topic, partition, key, value, headers, timestamp)
-            else:
-                _, topic, target, key, payload, origin, ts = item
-                name = topic.get_topic_name()
-                source = origin.source
-                pack = self._packs.get((name, target, source, unit.fence))
+        items = unit.outbox
+        if items:
+            source = unit.send_source()
+            origin = unit.origin
+            prefix = origin.position
+            at: Any = prefix[0] if len(prefix) == 1 else prefix
+            fence = unit.fence
+            headers: list[tuple[str, bytes]] | None = None
+            packs = self._packs
+            for item in items:
+                topic = item[0]
+                if topic is None:  # a plain record
+                    _, name, partition, key, value, extra, index, timestamp = item
+                    if headers is None:
+                        headers = origin_headers(origin.source.split("@", 1)[0], source, prefix)
+                    pos = (POSITION_HEADER, orjson.dumps([*prefix, index]))
+                    self.sender_for(fence).add(
+                        name, partition, key, value, [*extra, *headers, pos], timestamp
+                    )
+                    continue
+                _, target, key, payload, index, ts = item
+                name = topic.name
+                slot = (name, target, source, fence)
+                pack = packs.get(slot)
                 if pack is None:
-                    pack = self._packs[(name, target, source, unit.fence)] = _Pack(topic)
-                prefix = origin.position[:-1]
-                at: Any = prefix[0] if len(prefix) == 1 else prefix
+                    pack = packs[slot] = _Pack(topic)
                 entries = pack.entries
-                seq = origin.position[-1]
                 if entries and entries[-1][0] == at:
-                    entries[-1][2].append([key, payload, seq])
+                    entries[-1][2].append([key, payload, index])
                 else:
-                    entries.append([at, ts, [[key, payload, seq]]])
+                    entries.append([at, ts, [[key, payload, index]]])
                 if topic.watermarks:
                     if ts > self.reached.get(source, -1):
                         self.reached[source] = ts
