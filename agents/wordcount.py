@@ -70,20 +70,27 @@ def register(app: App, settings: Settings) -> tuple[Any, Any]:
     counts = app.topic(settings.wordcount_output_topic, key_type=str)
     table = table_def.define(app)
     limit = settings.max_record_bytes
+    batch = settings.max_batch
 
     @app.agent(lines, name="wordcount", job="wordcount", origin_tag="")
     async def split(stream: Any) -> None:
         """Each line's words, to the partition that owns each word."""
-        async for event in stream.events():
-            for word, n in words_of(event.value, limit).items():
-                await words.send(key=word, value=n)
+        async for values in stream.take(batch, within=1.0):
+            for value in values:  # each line's event is current in turn: its sends carry its origin
+                for word, n in words_of(value, limit).items():
+                    await words.send(key=word, value=n)
 
     @app.agent(words, name="wordcount-count", job="wordcount", origin_tag="")
     async def count(stream: Any) -> None:
-        """Add a word's occurrences to its count; send the new count."""
-        async for word, n in stream.items():
-            total = table[word] + n
-            table[word] = total
-            await counts.send(key=word, value=update_record(word, total))
+        """Add a word's occurrences to its count; send each word's new count once per batch,
+        from the word's last event in it (as the engine always did: the latest count)."""
+        async for events in stream.take_events(batch, within=1.0):
+            last = {event.key: i for i, event in enumerate(list.__iter__(events))}
+            for i, event in enumerate(events):
+                word = event.key
+                total = table[word] + event.value
+                table[word] = total
+                if last[word] == i:
+                    await counts.send(key=word, value=update_record(word, total))
 
     return split, count

@@ -7,10 +7,12 @@ reads that topic and adds to a RocksDB-backed table (``store="rocksdb://"``, cha
 No offset guard, no batching of the sends: per-event updates, as in Faust's own examples.
 
 Run by :mod:`bench.faust_run` as ``faust -A bench.faust_app worker`` with its settings in
-``BENCH_FAUST_*`` variables. The only instrumentation is one file write on the very first
-line, giving the wall-clock time consumption started (Faust has no readiness endpoint that
-says "assigned and about to fetch"). ``broker_commit_interval`` is lowered from 2.8 s to
-sluice's 0.2 s so that "group lag 0" is observed as promptly for both.
+``BENCH_FAUST_*`` variables. ``BENCH_FAUST_ON=sluice`` runs this same file on ``service.App``
+(the one-line change a Faust user makes; issue 15's "same file" comparison). The only
+instrumentation is one file write on the very first line, giving the wall-clock time
+consumption started (Faust has no readiness endpoint that says "assigned and about to fetch").
+``broker_commit_interval`` is lowered from 2.8 s to sluice's 0.2 s so that "group lag 0" is
+observed as promptly for both.
 """
 
 from __future__ import annotations
@@ -24,6 +26,13 @@ from typing import Any
 
 import faust
 
+if os.environ.get("BENCH_FAUST_ON") == "sluice":
+    import service
+
+    App: Any = service.App
+else:
+    App = faust.App
+
 WORD = re.compile(r"\w+")
 
 APP_ID = os.environ.get("BENCH_FAUST_APP_ID", "bench-faust")
@@ -33,7 +42,7 @@ DATA_DIR = os.environ.get("BENCH_FAUST_DATA_DIR", "/tmp/bench-faust")
 MARK = Path(os.environ.get("BENCH_FAUST_MARK", "/tmp/bench-faust.first"))
 PARTITIONS = 4
 
-app = faust.App(
+app = App(
     APP_ID,
     broker=",".join(f"kafka://{b}" for b in BROKERS.split(",")),
     store="rocksdb://",

@@ -29,8 +29,18 @@ async def _caught_up(bootstrap: str, app_id: str, topics: list[str], limit_s: fl
         return await probe.wait_zero(limit_s, interval=0.1)
 
 
-def run_faust(bootstrap: str, dataset: Dataset, workdir: Path, timeout: float = 900) -> dict[str, Any]:
-    app_id = f"bench-faust-{uuid.uuid4().hex[:8]}"
+def run_faust(
+    bootstrap: str,
+    dataset: Dataset,
+    workdir: Path,
+    timeout: float = 900,
+    *,
+    module: str = "bench.faust_app",
+    on: str = "faust",
+) -> dict[str, Any]:
+    """Run ``module`` (a Faust app file) on stock Faust (``on="faust"``) or on ``service.App``
+    (``on="sluice"``: the same file, the App class swapped)."""
+    app_id = f"bench-{on}-{uuid.uuid4().hex[:8]}"
     mark = workdir / f"{app_id}.first"
     log_path = workdir / f"{app_id}.log"
     env = child_env(
@@ -39,8 +49,10 @@ def run_faust(bootstrap: str, dataset: Dataset, workdir: Path, timeout: float = 
         BENCH_FAUST_TOPIC=dataset.topic,
         BENCH_FAUST_DATA_DIR=str(workdir / app_id),
         BENCH_FAUST_MARK=str(mark),
+        BENCH_FAUST_ON=on,
+        SLUICE_SESSION_TIMEOUT_MS="30000",
     )
-    command = [FAUST, "-A", "bench.faust_app", "worker", "-l", "warn", "--without-web"]
+    command = [FAUST, "-A", module, "worker", "-l", "warn", "--without-web"]
     with log_path.open("ab") as log:
         proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=log)
     try:
@@ -57,7 +69,7 @@ def run_faust(bootstrap: str, dataset: Dataset, workdir: Path, timeout: float = 
                 break
             except ValueError:
                 time.sleep(0.01)
-        topics = [dataset.topic, f"{app_id}-words"]
+        topics = [dataset.topic, f"{app_id}-words"] if module == "bench.faust_app" else [dataset.topic]
         t1 = asyncio.run(_caught_up(bootstrap, app_id, topics, timeout))
         cpu1 = cpu_seconds(proc.pid)
     finally:

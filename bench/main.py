@@ -218,6 +218,10 @@ def run(sizes: Sizes, *, profile: bool, keep: bool, log: Callable[[str], None]) 
     lines = vocabulary_lines(sizes.main_lines)
     main = make_dataset("vocabulary", "bench-lines", lines)
     faust_data = make_dataset("faust", "bench-lines-faust", lines[: sizes.faust_lines])
+    faust_sluice_data = make_dataset(
+        "faust-sluice", "bench-lines-faust-sluice", lines[: sizes.main_lines // 3]
+    )
+    iterate_faust_data = make_dataset("iterate", "bench-lines-iterate", lines[: sizes.main_lines // 3])
     repeat = sizes.ceiling_repeat
     truth = Counter({word: n * repeat for word, n in main.truth.items()})
     ceiling = Dataset("ceiling", "bench-lines-ceiling", lines * repeat, truth)
@@ -238,7 +242,9 @@ def run(sizes: Sizes, *, profile: bool, keep: bool, log: Callable[[str], None]) 
         cluster.start()
         bootstrap = cluster.bootstrap_servers
         log(f"broker {bootstrap} up in {time.monotonic() - started:.1f} s; loading topics ...")
-        for dataset in filter(None, (main, faust_data, ceiling, distinct)):
+        for dataset in filter(
+            None, (main, faust_data, faust_sluice_data, iterate_faust_data, ceiling, distinct)
+        ):
             asyncio.run(load(bootstrap, dataset.topic, dataset.lines))
         log(
             f"loaded: main {main.events} lines ({main.tokens} words, {len(main.truth)} distinct), "
@@ -272,6 +278,21 @@ def run(sizes: Sizes, *, profile: bool, keep: bool, log: Callable[[str], None]) 
                 lambda: run_faust(bootstrap, faust_data, workdir),
             ),
             Variant("sluice_wordcount", "sluice wordcount", sluice_main),
+            Variant(
+                "faust_app_on_sluice",
+                "the Faust wordcount file on service.App",
+                lambda: run_faust(bootstrap, faust_sluice_data, workdir, on="sluice"),
+            ),
+            Variant(
+                "iterate_sluice",
+                "agent only iterating, service.App",
+                lambda: run_faust(bootstrap, main, workdir, module="bench.iterate_app", on="sluice"),
+            ),
+            Variant(
+                "iterate_faust",
+                "agent only iterating, stock faust.App",
+                lambda: run_faust(bootstrap, iterate_faust_data, workdir, module="bench.iterate_app"),
+            ),
             Variant(
                 "sluice_restore",
                 "sluice restore (rows/s)",
@@ -394,6 +415,15 @@ def summary(
             bench.results["sluice_wordcount"], bench.results.get("sluice_wordcount_eos", []), strict=False
         )
     ]
+
+    def cpu_of(key: str) -> float | None:
+        values = [
+            r["cpu_seconds"] / r["events"] * 1e6 for r in bench.results.get(key, []) if r.get("cpu_seconds")
+        ]
+        return round(statistics.median(values), 2) if values else None
+
+    raw_cpu = cpu_of("raw_aiokafka")
+    iterate_cpu = cpu_of("iterate_sluice")
     p99 = round(latency["p99_ms"], 1)
     out: dict[str, Any] = {
         "mode": sizes.name,
@@ -421,6 +451,16 @@ def summary(
         "metrics_cost": metrics_cost,
         "metrics_cost_method": "median over rounds of (metrics on eps / metrics off eps), runs adjacent",
         "cpu_us_per_event": cpu_us,
+        "faust_app_on_sluice_eps": round(m("faust_app_on_sluice") or 0) or None,
+        "faust_app_sluice_vs_faust": _ratio(m("faust_app_on_sluice"), faust),
+        "iterate_sluice_eps": round(m("iterate_sluice") or 0) or None,
+        "iterate_faust_eps": round(m("iterate_faust") or 0) or None,
+        "raw_drain_cpu_us_per_event": raw_cpu,
+        "iterate_sluice_cpu_us_per_event": iterate_cpu,
+        "iterate_faust_cpu_us_per_event": cpu_of("iterate_faust"),
+        "framework_cpu_us_per_event": round(iterate_cpu - raw_cpu, 2) if iterate_cpu and raw_cpu else None,
+        "framework_cpu_method": "median CPU-us/event of an agent that only iterates (service.App) minus "
+        "the raw aiokafka drain's (B2), each in its own process",
         "faust_cpu_us_per_event": round(statistics.median(faust_cpu), 1) if faust_cpu else None,
         "restore_rows_per_s": round(restore) if restore else None,
         "restore_rows": round(m("sluice_restore_1m", "records") or m("sluice_restore", "records") or 0),
@@ -457,6 +497,10 @@ def summary(
         "p99_latency_ms_at_half_load": _goal(p99, 100, False),
         "restore_rows_per_s": _goal(out["restore_rows_per_s"], 200_000, True),
         "rss_mb_1m_keys": _goal(out["rss_mb_1m_keys"], 300, False),
+        "wordcount_vs_table_baseline": _goal(out["wordcount_vs_table_baseline"], 0.115, True),
+        "wordcount_vs_faust_50": _goal(out["wordcount_vs_faust"], 50, True),
+        "faust_app_sluice_vs_faust": _goal(out["faust_app_sluice_vs_faust"], 20, True),
+        "framework_cpu_us_per_event": _goal(out["framework_cpu_us_per_event"], 10, False),
     }
     out["_table"] = table(bench)
     return out

@@ -126,6 +126,7 @@ class SluiceAgent(Agent):
 
     async def on_start(self) -> None:
         stream = self.stream()
+        stream.feed.shared = self.concurrency > 1
         for index in range(self.concurrency):
             actor = stream if index == 0 else self.new_stream(self.channel, stream.feed)
             self._sluice_tasks.append(
@@ -197,7 +198,7 @@ class SluiceAgent(Agent):
 
     def _redeliver(self, stream: SluiceStream) -> None:
         units = stream.in_flight
-        events: list[Event] = []
+        events: list[SluiceEvent] = []
         for unit in units:
             unit.rollback()
             assert isinstance(unit.event, SluiceEvent)

@@ -17,14 +17,25 @@ from typing import TYPE_CHECKING, Any
 from service.app.units import Unit
 
 if TYPE_CHECKING:
-    from faust import Event
+    from service.app.events import SluiceEvent as Event
 
     from service.app.outbox import Outbox
 
 
 class Feed:
+    """Events of the batch for one agent's actors.
+
+    With ``concurrency`` above one, actors take events concurrently, but never two of one source
+    at once: the guard needs each source's writes to reach a row in order (a later event finished
+    first would make the earlier one look applied). Events of different sources run side by side.
+    """
+
     def __init__(self, name: str) -> None:
         self.name = name
+        self.shared = False
+        """More than one actor takes from this feed (``concurrency`` > 1)."""
+        self._busy: dict[str, int] = {}
+        """Source -> units of it in flight (shared feeds only)."""
         self._queue: deque[Event] = deque()
         self._ready = asyncio.Event()
         self._idle = asyncio.Event()
@@ -49,6 +60,9 @@ class Feed:
             self._ready.set()
 
     def pop(self) -> Event | None:
+        if self.shared:
+            taken = self._take_free(1)
+            return taken[0] if taken else None
         try:
             event = self._queue.popleft()
         except IndexError:
@@ -57,6 +71,8 @@ class Feed:
         return event
 
     def pop_many(self, limit: int) -> list[Event]:
+        if self.shared:
+            return self._take_free(limit)
         taken: list[Event] = []
         queue = self._queue
         while queue and len(taken) < limit:
@@ -64,9 +80,30 @@ class Feed:
         self.in_flight += len(taken)
         return taken
 
+    def _take_free(self, limit: int) -> list[Event]:
+        """Up to ``limit`` queued events of one source no other actor is processing, in order."""
+        busy = self._busy
+        queue = self._queue
+        chosen: str | None = None
+        taken: list[Event] = []
+        index = 0
+        while index < len(queue) and len(taken) < limit:
+            event = queue[index]
+            source = event.origin.source
+            if (chosen is None and source not in busy) or source == chosen:
+                chosen = source
+                del queue[index]
+                taken.append(event)
+            else:
+                index += 1
+        if chosen is not None:
+            busy[chosen] = busy.get(chosen, 0) + len(taken)
+            self.in_flight += len(taken)
+        return taken
+
     async def wait(self) -> None:
-        """Until events are queued."""
-        while not self._queue:
+        """Until an event this actor may take is queued."""
+        while not self._queue or (self.shared and all(e.origin.source in self._busy for e in self._queue)):
             self._ready.clear()
             await self._ready.wait()
 
@@ -79,6 +116,16 @@ class Feed:
                 for unit in units:
                     outbox.take(unit)
         finally:
+            if self.shared:
+                busy = self._busy
+                for unit in units:
+                    source = unit.origin.source
+                    left = busy.get(source, 1) - 1
+                    if left > 0:
+                        busy[source] = left
+                    else:
+                        busy.pop(source, None)
+                self._ready.set()  # an actor waiting for this source may go on
             self.in_flight -= len(units)
             if self.in_flight <= 0 and not self._queue:
                 self.in_flight = 0

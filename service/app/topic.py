@@ -27,13 +27,14 @@ import orjson
 from faust import Topic
 
 from service.app.events import message
-from service.app.units import current_unit
+from service.app.units import _current as _unit
 from service.kafka.murmur2 import partition_for_key
 
 if TYPE_CHECKING:
     from faust.types import Message
 
 _DONE: asyncio.Future[Any] | None = None
+_PLAIN = (int, float, str, list, dict, bool, type(None))
 
 
 def _done() -> asyncio.Future[Any]:
@@ -171,19 +172,19 @@ class SluiceTopic(Topic):
         callback: Any = None,
         force: bool = False,
     ) -> Any:
-        unit = current_unit()
+        unit = _unit.get()
         if unit is None:
             return await self.app.data_plane.send_now(self, key, value, partition, timestamp, headers)
         index = unit.sends
         unit.sends = index + 1
         if self.pack:
-            key_text = key if isinstance(key, str) else orjson.dumps(key).decode()
-            if hasattr(value, "to_representation"):
+            key_text = key if key.__class__ is str else orjson.dumps(key).decode()
+            if value.__class__ not in _PLAIN and hasattr(value, "to_representation"):
                 value = value.to_representation()
-            target = partition if partition is not None else self._placement()(key_text)
-            ts = int(timestamp * 1000) if timestamp is not None else unit.origin.timestamp_ms
+            target = partition if partition is not None else (self._place or self._placement())(key_text)
+            ts = unit.origin.timestamp_ms if timestamp is None else int(timestamp * 1000)
             unit.outbox.append((self, target, key_text, value, index, ts))
-            return _done()
+            return _DONE or _done()
         kb = self.encode_key(key, key_serializer)
         vb = self.encode_value(value, value_serializer)
         if partition is None:

@@ -72,6 +72,7 @@ class Unit:
         "tag",
         "undo",
         "via",
+        "write_base",
         "writes",
     )
 
@@ -91,6 +92,10 @@ class Unit:
         """Whether the event came through a hop (its origin was carried in headers)."""
         self.job = job
         """The agent's metrics and dead-letter label."""
+        self.write_base = origin._replace(source=origin.source + tag) if tag else origin
+        """The origin table writes are guarded by: the event's, under a source key naming the
+        agent when it is tagged (two agents reading one topic and writing one row must not look
+        like a replay of each other)."""
         self.sends = 0
         self.replay = False
         """A table write found the event already applied: the event is a replay, and all its
@@ -111,7 +116,8 @@ class Unit:
         slot = (id(table), key)
         index = writes.get(slot, 0)
         writes[slot] = index + 1
-        return self.origin if index == 0 else self.origin.extend(index)
+        base = self.write_base
+        return base if index == 0 else base.extend(index)
 
     def wrote(self, table: TablePartition, key: str, previous: Any) -> None:
         self.undo.append((table, key, previous))
