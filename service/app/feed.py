@@ -18,7 +18,6 @@ from service.app.units import Unit
 
 if TYPE_CHECKING:
     from service.app.events import SluiceEvent as Event
-
     from service.app.outbox import Outbox
 
 
