@@ -180,6 +180,12 @@ class App(faust.App):
     async def on_start(self) -> None:
         self.finalize()
 
+    def _create_directories(self) -> None:
+        """``SLUICE_DATA_DIR`` may name a directory whose parents do not exist yet (Faust makes
+        only the last level)."""
+        Path(str(self.conf.datadir)).mkdir(parents=True, exist_ok=True)
+        super()._create_directories()
+
     async def _wait_for_table_recovery_completed(self) -> bool:
         """Timers, tasks and the user's services start once the worker has joined its group
         and restored its tables (as Faust waits for its recovery). True: stopped meanwhile."""
