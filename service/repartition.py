@@ -161,6 +161,8 @@ def decode(value: bytes, headers: Any, combine: Combine | None) -> Decoded:
 def _pos(at: int | list[int], seq: int) -> list[int]:
     """A position from an entry's ``at`` (the sending event's offset, or its whole position
     after more than one hop) and the send's index."""
+    if at.__class__ is int and seq.__class__ is int:  # as JSON decodes them: nothing to check
+        return [at, seq]
     return [int(at), int(seq)] if isinstance(at, int) else [*at, int(seq)]
 
 

@@ -14,7 +14,6 @@ against a TLS port): restarting cannot fix those, so they must not look like an 
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import signal
@@ -27,24 +26,8 @@ from service.logs import redact
 log = logging.getLogger(__name__)
 
 
-GC_THRESHOLD = (50_000, 20, 100)
-"""Allocations between young collections, and the older generations' ratios (CPython's
-defaults: 700, 10, 10)."""
-
-
 def run_worker(app: Any) -> int:
-    tune_gc()
     return asyncio.run(_serve(app))
-
-
-def tune_gc() -> None:
-    """Collect cycles less often: the event path allocates lists and tuples by the thousand
-    per batch, nearly none in cycles, and with CPython's defaults the collector ran often
-    enough, over the whole row cache, to add tens of milliseconds to the latency tail
-    (bench/latency.py at 3,500 lines/s: p99 175 ms with the defaults, 118 ms with this).
-    Objects alive now (modules, settings, the app) are frozen out of every collection."""
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLD)
 
 
 async def _serve(app: Any) -> int:

@@ -27,6 +27,7 @@ from service.app.windows import attach, close_due
 from service.effects import Sender
 from service.engine import Engine
 from service.engine.deadletters import DeadLetters
+from service.gctune import tune_gc
 from service.metrics import Metrics
 from service.repartition import decode as decode_packed
 from service.settings import Settings
@@ -350,6 +351,7 @@ class DataPlane(Service):
     # ------------------------------------------------------------------ service
 
     async def on_start(self) -> None:
+        tune_gc()
         self.settings = self.app.final_settings()
         conf = self.app.conf
         url = (

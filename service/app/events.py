@@ -10,6 +10,7 @@ constructor). A record of a packed topic (sluice's internal batched format,
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -82,6 +83,11 @@ def origin_of(record: Any, source: str) -> Origin:
     """The origin a record carries in its headers (sent by an agent), or its own position."""
     headers = record.headers
     if headers:
+        if len(headers) > 1:  # sluice's own sends put the origin last (outbox): no search
+            name, position = headers[-1]
+            carried_name, carried = headers[-2]
+            if name == POSITION_HEADER and carried_name == ORIGIN_HEADER:
+                return Origin(carried.decode(), orjson.loads(position), record.timestamp)
         carried = None
         position = None
         for name, raw in headers:
@@ -100,10 +106,16 @@ def origin_headers(base: str, source: str, position: list[int]) -> list[tuple[st
     (``sluice.source.*``, so any consumer can drop repeats: outputs are at-least-once) and the
     origin (``sluice.origin``; the send's ``sluice.pos`` is added per record) that sluice agents
     downstream are guarded by."""
+    topic, partition, origin = _source_headers(base, source)
+    return [topic, partition, ("sluice.source.offset", str(position[0]).encode()), origin]
+
+
+@lru_cache(maxsize=4096)
+def _source_headers(base: str, source: str) -> tuple[tuple[str, bytes], ...]:
+    """The headers naming a source: the same for every event of one partition."""
     topic, _, partition = base.split(">", 1)[0].partition("#")[0].rpartition(":")
-    return [
+    return (
         ("sluice.source.topic", topic.encode()),
         ("sluice.source.partition", partition.encode()),
-        ("sluice.source.offset", str(position[0]).encode()),
         (ORIGIN_HEADER, source.encode()),
-    ]
+    )

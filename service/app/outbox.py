@@ -27,14 +27,15 @@ if TYPE_CHECKING:
     from service.app.topic import SluiceTopic
     from service.app.units import Unit
 
-PackKey = tuple[str, int, str, int]
-"""(topic, target partition, source key, fence)."""
+PackKey = tuple[str, str, int]
+"""(topic, source key, fence): one source's sends to one topic, then per target partition."""
 
 
 @dataclass
 class _Pack:
     topic: SluiceTopic
-    entries: list[list[Any]] = field(default_factory=list)
+    targets: dict[int, list[list[Any]]] = field(default_factory=dict)
+    """Target partition -> entries (:mod:`service.repartition`)."""
 
 
 class Outbox:
@@ -50,48 +51,61 @@ class Outbox:
         self.clocked: dict[tuple[str, str], tuple[SluiceTopic, int, int]] = {}
         """(topic, source) -> the topic, fence and source position to report (watermarks)."""
 
+    def _pack(self, topic: SluiceTopic, source: str, fence: int) -> _Pack:
+        slot = (topic.name, source, fence)
+        pack = self._packs.get(slot)
+        if pack is None:
+            pack = self._packs[slot] = _Pack(topic)
+        return pack
+
     def take(self, unit: Unit) -> None:
         """A unit is done: its effects join the batch (a replay's are durable already)."""
         if unit.replay:
             return
         items = unit.outbox
-        if items:
+        if items or unit.packed:
             source = unit.send_source()
-            origin = unit.origin
-            prefix = origin.position
-            at: Any = prefix[0] if len(prefix) == 1 else prefix
-            fence = unit.fence
-            headers: list[tuple[str, bytes]] | None = None
-            packs = self._packs
-            for item in items:
-                topic = item[0]
-                if topic is None:  # a plain record
-                    _, name, partition, key, value, extra, index, timestamp = item
-                    if headers is None:
-                        headers = origin_headers(origin.source.split("@", 1)[0], source, prefix)
-                    pos = (POSITION_HEADER, orjson.dumps([*prefix, index]))
-                    self.sender_for(fence).add(
-                        name, partition, key, value, [*extra, *headers, pos], timestamp
-                    )
-                    continue
-                _, target, key, payload, index, ts = item
-                name = topic.name
-                slot = (name, target, source, fence)
-                pack = packs.get(slot)
-                if pack is None:
-                    pack = packs[slot] = _Pack(topic)
-                entries = pack.entries
-                if entries and entries[-1][0] == at:
-                    entries[-1][2].append([key, payload, index])
-                else:
-                    entries.append([at, ts, [[key, payload, index]]])
-                if topic.watermarks:
-                    if ts > self.reached.get(source, -1):
-                        self.reached[source] = ts
-                    if self.on_clock is not None and (name, source) not in self.clocked:
-                        self.on_clock(unit.via, topic, source)
+            prefix = unit.origin.position
+            if items:
+                self._plain(unit, items, source, prefix)
+            if unit.packed:
+                self._packed(unit, unit.packed, source, prefix[0] if len(prefix) == 1 else prefix)
         if unit.dirty:
             self.dirty.setdefault(unit.fence, set()).update(unit.dirty)
+
+    def _plain(self, unit: Unit, items: list[Any], source: str, prefix: list[int]) -> None:
+        sender = self.sender_for(unit.fence)
+        headers = origin_headers(unit.origin.source.split("@", 1)[0], source, prefix)
+        for name, partition, key, value, extra, index, timestamp in items:
+            pos = (POSITION_HEADER, orjson.dumps([*prefix, index]))
+            sender.add(name, partition, key, value, [*extra, *headers, pos], timestamp)
+
+    def _packed(
+        self, unit: Unit, packed: dict[Any, dict[int, list[list[Any]]]], source: str, at: Any
+    ) -> None:
+        """Each target's runs become entries (``[at, ts, updates]``) after the batch's others
+        from ``source``: a source's updates stay in the order of their positions."""
+        for topic, by_target in packed.items():
+            targets = self._pack(topic, source, unit.fence).targets
+            for target, runs in by_target.items():
+                entries = targets.get(target)
+                if entries is None:
+                    entries = targets[target] = []
+                for ts, updates in runs:
+                    if entries and entries[-1][0] == at and entries[-1][1] == ts:
+                        entries[-1][2].extend(updates)
+                    else:
+                        entries.append([at, ts, updates])
+                    if topic.watermarks:
+                        self._clock(unit, topic, source, ts)
+
+    def _clock(self, unit: Unit, topic: SluiceTopic, source: str, ts: int) -> None:
+        """A send to a topic with watermarks: the source reached ``ts``, and the input the unit
+        came from reports its position to the topic from now on."""
+        if ts > self.reached.get(source, -1):
+            self.reached[source] = ts
+        if self.on_clock is not None and (topic.name, source) not in self.clocked:
+            self.on_clock(unit.via, topic, source)
 
     def report(self, topic: SluiceTopic, source: str, fence: int, position: int) -> None:
         """``source`` has processed up to ``position``: every partition of ``topic`` hears it."""
@@ -102,18 +116,20 @@ class Outbox:
         clocks: dict[tuple[str, str], tuple[int, int]] = {}
         for (name, source), (topic, fence, position) in self.clocked.items():
             clocks[(name, source)] = (reached.get(source, -1), position)
+            targets = self._pack(topic, source, fence).targets
             for target in range(partitions_of(name)):
-                self._packs.setdefault((name, target, source, fence), _Pack(topic))
-        for (name, target, source, fence), pack in self._packs.items():
+                targets.setdefault(target, [])
+        for (name, source, fence), pack in self._packs.items():
             clock = clocks.get((name, source))
-            try:
-                pieces = encode_packed(source, pack.entries, pack.topic.combine, clock)
-            except OversizedUpdate as exc:
-                raise AssertionError(
-                    f"{name}: {exc}: a send larger than a record reached the outbox"
-                ) from exc
             sender = self.sender_for(fence)
-            for value, headers in pieces:
-                sender.add(name, target, None, value, headers)
+            for target, entries in pack.targets.items():
+                try:
+                    pieces = encode_packed(source, entries, pack.topic.combine, clock)
+                except OversizedUpdate as exc:
+                    raise AssertionError(
+                        f"{name}: {exc}: a send larger than a record reached the outbox"
+                    ) from exc
+                for value, headers in pieces:
+                    sender.add(name, target, None, value, headers)
         self._packs.clear()
         self.clocked.clear()

@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 UnitFactory = Callable[["Event"], Unit]
 
+_VALUES, _EVENTS, _ITEMS = 0, 1, 2
+"""What an iteration yields: values (``async for``), events, or ``(key, value)`` pairs."""
+
 
 class EventList(list[Any]):
     """The values of a ``take()``: iterating it makes each value's event current."""
@@ -85,7 +88,16 @@ class SluiceStream(Stream[Any]):
         return units
 
     def __aiter__(self) -> AsyncIterator[Any]:
-        return self._sluice_aiter()
+        return self._sluice_aiter(_VALUES)
+
+    def events(self) -> AsyncIterator[Any]:
+        """As Faust's: the events whose value passed the processors (one generator, where
+        Faust's ``items()`` stacks three)."""
+        return self._sluice_aiter(_EVENTS)
+
+    def items(self) -> AsyncIterator[tuple[Any, Any]]:
+        """As Faust's: ``(event.key, event.value)``."""
+        return self._sluice_aiter(_ITEMS)
 
     on_first_iteration: Callable[[], None] | None = None
     """Called when the agent first asks for a value (the app waits for every agent's)."""
@@ -95,7 +107,7 @@ class SluiceStream(Stream[Any]):
             self.on_first_iteration()
             self.on_first_iteration = None
 
-    async def _sluice_aiter(self) -> AsyncIterator[Any]:
+    async def _sluice_aiter(self, kind: int) -> AsyncIterator[Any]:
         self._sluice_first_iteration()
         feed = self.feed
         new_unit = self.new_unit
@@ -119,8 +131,14 @@ class SluiceStream(Stream[Any]):
                     self.finish(True)
                     continue
             self.events_total += 1
-            yield value
-            self.finish(True)
+            if kind == _VALUES:
+                yield value
+            elif kind == _ITEMS:
+                yield event.key, event.value
+            else:
+                yield event
+            self._units = []  # the next event (or _leave before waiting) replaces the context
+            feed.finish([unit], True)
 
     async def take(self, max_: int, within: Any) -> AsyncIterator[list[Any]]:  # type: ignore[override]
         async for units in self._take(max_):

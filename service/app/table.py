@@ -217,7 +217,7 @@ class SluiceTable(Table[Any, Any]):
     def _check_combined(self, part: TablePartition, stored: str, unit: Unit) -> None:
         """A combined event whose parts this row applied only some of: deliver its parts one
         by one (the agent computes from a value that must not include them twice)."""
-        origin = unit.write_base
+        origin = unit.guarded_by()
         if origin.first is not None and part.verdict(stored, origin) not in (NEW, DUPLICATE):
             raise Redeliver()
 

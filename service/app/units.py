@@ -67,6 +67,7 @@ class Unit:
         "job",
         "origin",
         "outbox",
+        "packed",
         "replay",
         "sends",
         "tag",
@@ -92,10 +93,11 @@ class Unit:
         """Whether the event came through a hop (its origin was carried in headers)."""
         self.job = job
         """The agent's metrics and dead-letter label."""
-        self.write_base = origin._replace(source=origin.source + tag) if tag else origin
+        self.write_base: Origin | None = None
         """The origin table writes are guarded by: the event's, under a source key naming the
         agent when it is tagged (two agents reading one topic and writing one row must not look
-        like a replay of each other)."""
+        like a replay of each other). Made on the first write (most units of a stateless agent
+        write nothing)."""
         self.sends = 0
         self.replay = False
         """A table write found the event already applied: the event is a replay, and all its
@@ -105,6 +107,11 @@ class Unit:
         self.writes: dict[tuple[int, str], int] | None = None
         self.undo: list[tuple[TablePartition, str, Any]] = []
         self.outbox: list[Any] = []
+        """Plain sends, in order."""
+        self.packed: dict[Any, dict[int, list[list[Any]]]] | None = None
+        """Sends to packed topics, grouped as they are sent: topic -> target partition ->
+        ``[timestamp, [[key, payload, index], ...]]`` runs in send order (so the outbox takes a
+        unit's sends per target, not per send: a line's fifteen words are one entry each)."""
         self.dirty: set[TablePartition] | None = None
 
     def write_origin(self, table: TablePartition, key: str) -> Origin:
@@ -116,8 +123,26 @@ class Unit:
         slot = (id(table), key)
         index = writes.get(slot, 0)
         writes[slot] = index + 1
-        base = self.write_base
+        base = self.write_base or self.guarded_by()
         return base if index == 0 else base.extend(index)
+
+    def guarded_by(self) -> Origin:
+        base = self.write_base
+        if base is None:
+            origin, tag = self.origin, self.tag
+            base = self.write_base = (
+                Origin(
+                    origin.source + tag,
+                    origin.position,
+                    origin.timestamp_ms,
+                    origin.first,
+                    origin.updates,
+                    origin.parts,
+                )
+                if tag
+                else origin
+            )
+        return base
 
     def wrote(self, table: TablePartition, key: str, previous: Any) -> None:
         self.undo.append((table, key, previous))
@@ -142,6 +167,7 @@ class Unit:
             table.restore_pending(key, previous)
         self.undo.clear()
         self.outbox.clear()
+        self.packed = None
         self.dirty = None
 
 
