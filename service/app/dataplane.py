@@ -2,10 +2,11 @@
 
 It replaces Faust's consumer, conductor, table manager and producer buffer (BootStrategy in
 :mod:`service.app.base`). For every fetched batch the engine asks :meth:`DataPlane.process` to
-run it: records become events (:mod:`service.app.events`), each agent reading a topic gets them
-in its feed, and the batch is done when every feed is drained. Then windows close on the
-watermark (:mod:`service.app.windows`), the packed sends are encoded, and the engine makes it
-all durable and commits (:mod:`service.engine`).
+run it: records become events (:mod:`service.app.decoding`), each agent reading a topic gets
+them in its feed, and the batch is done when every feed is drained. Then the sources' clocks
+move and windows close on the watermark (:mod:`service.app.clocks`), the packed sends are
+encoded (:mod:`service.app.outbox`), and the engine makes it all durable and commits
+(:mod:`service.engine`).
 """
 
 from __future__ import annotations
@@ -19,20 +20,18 @@ from typing import TYPE_CHECKING, Any, cast
 from aiokafka import TopicPartition
 from mode import Service
 
-from service.app.events import make_event, message, origin_of
+from service.app.clocks import Clocks
+from service.app.decoding import Heard
+from service.app.decoding import decode as decode_records
 from service.app.feed import Feed
 from service.app.outbox import Outbox
-from service.app.units import Unit
-from service.app.windows import attach, close_due
 from service.effects import Sender
 from service.engine import Engine
 from service.engine.deadletters import DeadLetters
 from service.gctune import tune_gc
 from service.metrics import Metrics
-from service.repartition import decode as decode_packed
 from service.settings import Settings
 from service.topics import TopicSpec
-from tables.positions import Origin
 from tables.table import TablePartition
 
 if TYPE_CHECKING:
@@ -41,11 +40,6 @@ if TYPE_CHECKING:
     from service.app.topic import SluiceTopic
 
 log = logging.getLogger(__name__)
-
-
-def base_source(source: str) -> str:
-    """The source partition a (possibly tagged, multi-hop) source key starts at."""
-    return source.split("@", 1)[0].split(">", 1)[0]
 
 
 class DataPlane(Service):
@@ -60,8 +54,7 @@ class DataPlane(Service):
         self.topics: dict[str, SluiceTopic] = {}
         """Every topic the app declared, by name."""
         self._feeds: dict[str, list[tuple[Feed, SluiceAgent]]] = {}
-        self.clock_routes: dict[TopicPartition, set[tuple[SluiceTopic, str]]] = {}
-        """Input partition -> (watermarked topic, source) its agents report to."""
+        self.clocks = Clocks(self)
         self.failure: BaseException | None = None
         self._run: asyncio.Task[None] | None = None
 
@@ -191,11 +184,11 @@ class DataPlane(Service):
     ) -> dict[int, set[TablePartition]]:
         rt = self.engine.rt
         outbox = Outbox(sender_for, dead_letters)
-        outbox.on_clock = self.learn_route
+        outbox.on_clock = self.clocks.learn_route
         feeds_used: dict[int, Feed] = {}
         jobs: dict[str, int] = {}
         """Agent job -> the broker timestamp of its batch's first record (event latency)."""
-        heard: list[tuple[int, str, int, int]] = []
+        heard: Heard = []
         for tp, (records, _) in batch.items():
             source = rt.incarnations.key(tp.topic, tp.partition)
             feeds = self.feeds_for(tp.topic)
@@ -219,134 +212,44 @@ class DataPlane(Service):
             for job, first_ms in jobs.items():
                 self.metrics.processing.labels(job).observe(spent)
                 self.metrics.event_latency.labels(job).observe(max(0.0, (now_ms - first_ms) / 1000))
-        for tp, (_, position) in batch.items():
-            for topic, source in self.clock_routes.get(tp, ()):
-                outbox.report(topic, source, tp.partition, position)
-        for number, source, w, o in heard:
-            for table in self.tables():
-                part = table.partitions_here.get(number)
-                if part is not None and getattr(part, "clock", None) is not None:
-                    part.clock.heard(source, w, o)  # type: ignore[attr-defined]
-        await self._close_windows(outbox)
+        self.clocks.report(batch, outbox)
+        self.clocks.heard(heard)
+        await self.clocks.close_windows(outbox)
         outbox.finish(self.partitions_of, outbox.reached)
         return outbox.dirty
 
     def decode(
-        self,
-        tp: TopicPartition,
-        records: list[Any],
-        source: str,
-        outbox: Outbox,
-        heard: list[tuple[int, str, int, int]],
+        self, tp: TopicPartition, records: list[Any], source: str, outbox: Outbox, heard: Heard
     ) -> list[Any]:
-        topic = self.topic_of(tp.topic)
-        app = self.app
-        out = []
-        if topic.pack:
-            for record in records:
-                try:
-                    decoded = decode_packed(record.value, record.headers, topic.combine)
-                except Exception as exc:
-                    self._dead_letter(outbox, tp, record, "invalid_repartition_record", repr(exc))
-                    continue
-                msg = message(record, tp)
-                for key, payload, origin in decoded.updates:
-                    rebuild = getattr(topic.value_type, "from_data", None)
-                    value = rebuild(payload) if rebuild is not None else payload
-                    event = make_event(app, key, value, None, msg, origin, hop=True, packed=True)
-                    out.append(event)
-                if decoded.clock is not None:
-                    heard.append((tp.partition, base_source(decoded.source), *decoded.clock))
-            return out
-        for record in records:
-            msg = message(record, tp)
-            try:
-                key = topic.decode_key(msg)
-                value = topic.decode_value(msg)
-            except Exception as exc:
-                self._dead_letter(outbox, tp, record, "decode_error", repr(exc))
-                continue
-            origin = origin_of(record, source)
-            event = make_event(
-                app, key, value, record.headers, msg, origin, hop=origin.source != source, packed=False
-            )
-            out.append(event)
-        return out
+        """Events of a fetched batch of ``tp`` (see :mod:`service.app.decoding`)."""
 
-    def _dead_letter(self, outbox: Outbox, tp: TopicPartition, record: Any, reason: str, detail: str) -> None:
-        jobs = [agent.job for _, agent in self.feeds_for(tp.topic)] or ["sluice"]
-        where = (record.topic, record.partition, record.offset)
-        outbox.dead_letters.send(
-            outbox.sender_for(tp.partition), jobs[0], reason, detail, where, record.key, record.value
-        )
+        def dead_letter(tp: TopicPartition, record: Any, reason: str, detail: str) -> None:
+            jobs = [agent.job for _, agent in self.feeds_for(tp.topic)] or ["sluice"]
+            where = (record.topic, record.partition, record.offset)
+            outbox.dead_letters.send(
+                outbox.sender_for(tp.partition), jobs[0], reason, detail, where, record.key, record.value
+            )
+
+        return decode_records(self.app, self.topic_of(tp.topic), tp, records, source, heard, dead_letter)
 
     async def _drain(self, feeds: Iterable[Feed]) -> None:
         waits = [feed.drained() for feed in feeds if not feed.idle]
         if waits:
             await asyncio.gather(*waits)
 
-    async def _close_windows(self, outbox: Outbox) -> None:
-        ends = self.engine.rt.source_ends
-        for table in self.tables():
-            if table.window is None:
-                continue
-            sources = self.watermark_sources(table)
-            for number, part in table.partitions_here.items():
-                if getattr(part, "clock", None) is None:
-                    continue
-
-                def new_unit(partition: int, origin: Origin, _table: Any = table) -> Unit:
-                    return Unit(None, origin, partition, "", "", False, "rollup")  # type: ignore[arg-type]
-
-                for unit in await close_due(table, part, sources, ends, new_unit):
-                    outbox.take(unit)
-                outbox.dirty.setdefault(number, set()).add(part)
-                watermark = part.clock.watermark  # type: ignore[attr-defined]
-                self.metrics.watermark.labels(table.name, str(number)).set(max(0, watermark) / 1000)
-
-    def watermark_sources(self, table: SluiceTable) -> list[str]:
-        """Sources the table's watermark waits for: every partition of the topics it declares
-        (``watermark_topics``), and every source heard so far."""
-        rt = self.engine.rt
-        out: dict[str, None] = {}
-        for topic in getattr(table, "watermark_topics", ()):
-            name = topic.get_topic_name()
-            for partition in range(self.partitions_of(name)):
-                out[rt.incarnations.key(name, partition)] = None
-        for part in table.partitions_here.values():
-            clock = getattr(part, "clock", None)
-            if clock is not None:
-                out.update(dict.fromkeys(clock.sources))
-        return list(out)
-
     def clocked_sources(self) -> list[TopicPartition]:
         """Input partitions whose log end the watermarks need."""
-        out: dict[TopicPartition, None] = {}
-        for table in self.tables():
-            if table.window is None:
-                continue
-            for source in self.watermark_sources(table):
-                rest, _, _ = source.partition("#")
-                topic, _, partition = rest.rpartition(":")
-                out[TopicPartition(topic, int(partition))] = None
-        return list(out)
+        return self.clocks.sources()
+
+    def clocked_inputs(self) -> set[TopicPartition]:
+        """Input partitions that report to watermarked topics even in a batch without records."""
+        return set(self.clocks.routes)
 
     def on_partitions(self, tables: dict[str, dict[int, TablePartition]]) -> None:
         """The engine opened and restored the table partitions this worker owns now."""
         for table in self.tables():
             table.partitions_here = tables.get(table.name, {})
-            if table.window is not None:
-                for part in table.partitions_here.values():
-                    attach(part)
-
-    def learn_route(self, via: str, topic: SluiceTopic, source: str) -> None:
-        """Events of ``via`` (``topic:partition``) sent to a watermarked topic under ``source``:
-        from now on every batch of ``via`` reports its position there."""
-        name, _, partition = via.rpartition(":")
-        self.clock_routes.setdefault(TopicPartition(name, int(partition)), set()).add((topic, source))
-
-    def clocked_inputs(self) -> set[TopicPartition]:
-        return set(self.clock_routes)
+        self.clocks.attach(self.tables())
 
     # ------------------------------------------------------------------ service
 
