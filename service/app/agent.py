@@ -1,11 +1,14 @@
 """Faust's ``Agent`` run by sluice: actors over the agent's feed, and what happens when one raises.
 
 An actor is a task running the agent function over a :class:`~service.app.stream.SluiceStream`
-(``concurrency`` actors share one feed). When the function raises, the event in flight (or the
-``take()`` list) is rolled back — its table writes undone, its sends dropped — and
-dead-lettered with ``reason=job_error`` and the exception's last line (``BadRecord`` names its
-own reason), and the function is started again on the next event: the agent keeps running and
-nothing failed is acknowledged (faust-streaming #315, #527). A combined event that met a row
+(``concurrency`` actors share one feed). When the function raises, the event in flight is rolled
+back — its table writes undone, its sends dropped — and dead-lettered with ``reason=job_error``
+and the exception's last line (``BadRecord`` names its own reason), and the function is started
+again on the next event: the agent keeps running and nothing failed is acknowledged
+(faust-streaming #315, #527). A ``take()`` list is rolled back whole and its events retried one
+per ``take()``, so only the event that fails alone is dead-lettered. The event in flight is the
+grouped stream's when the function iterates a ``group_by``; started again, the function gets
+the chain (processors, groups) it built the first time instead of a second one. A combined event that met a row
 which applied only some of its parts (:class:`~service.app.units.Redeliver`) is rolled back and
 its parts are delivered one by one instead.
 
@@ -21,7 +24,7 @@ import logging
 import re
 import traceback
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from faust import Agent, Event
@@ -76,6 +79,7 @@ class SluiceAgent(Agent):
     def new_stream(self, channel: Any, feed: Feed) -> SluiceStream:
         stream = SluiceStream(channel, app=self.app, prefix=self.name, beacon=self.beacon)
         stream.feed = feed
+        stream.grouped = {}
         stream.agent = self
         job, tag = self.job, self.origin_tag
 
@@ -114,9 +118,12 @@ class SluiceAgent(Agent):
         stream returned reads ``topic``."""
         if self.concurrency > 1:
             raise ImproperlyConfigured("Agent with concurrency>1 cannot use stream.group_by!")
+        name = topic.get_topic_name()
+        if name in source.grouped:  # the function started again: its group exists
+            return source.grouped[name]
         self.app.data_plane.add_topic(topic)
         source.forward_to(topic, key)
-        grouped = self.new_stream(topic, self.feed_for([topic.get_topic_name()]))
+        grouped = source.grouped[name] = self.new_stream(topic, self.feed_for([name]))
         self._sluice_tasks.append(
             asyncio.create_task(self._actor(source, _drain), name=f"sluice-groupby-{self.name}")
         )
@@ -145,8 +152,12 @@ class SluiceAgent(Agent):
 
     async def _actor(self, stream: SluiceStream, fun: Any) -> None:
         failures = 0
+        started = False
         while True:
             try:
+                if started:
+                    stream.restarting()
+                started = True
                 result = fun(stream)
                 if isinstance(result, AsyncIterator):
                     async for value in result:
@@ -156,11 +167,12 @@ class SluiceAgent(Agent):
                 log.warning("agent function returned; started again", extra={"agent": self.name})
                 await asyncio.sleep(0.1)
             except Redeliver:
-                self._redeliver(stream)
+                for iterated, _ in stream.in_flight_here(fun is not _drain):
+                    self._redeliver(iterated)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if self._fail(stream, exc):
+                if self._fail(stream.in_flight_here(fun is not _drain), exc):
                     failures = 0
                     continue
                 failures += 1
@@ -169,32 +181,41 @@ class SluiceAgent(Agent):
                     return
                 await asyncio.sleep(0.5)
 
-    def _fail(self, stream: SluiceStream, exc: Exception) -> bool:
-        """Roll back the events in flight and dead-letter them; the actor starts again.
-        False when no event was in flight: the agent's own code failed, not an event's."""
-        units = stream.in_flight
-        if not units:
+    def _fail(self, in_flight: list[tuple[SluiceStream, list[Unit]]], exc: Exception) -> bool:
+        """Roll back the event in flight and dead-letter it (a ``take()`` list: roll back all and
+        retry them singly); the actor starts again. False when no event was in flight: the
+        agent's own code failed, not an event's."""
+        if not in_flight:
             log.error(
                 "agent failed outside any event; restarting it", exc_info=exc, extra={"agent": self.name}
             )
             return False
+        for stream, units in in_flight:
+            for unit in units:
+                unit.rollback()
+            if len(units) > 1:  # a take() list: retried one event per take, to find the failing one
+                stream.feed.retry_singly([cast(SluiceEvent, unit.event) for unit in units])
+                log.warning(
+                    "agent raised on a take() list; its events are retried one at a time",
+                    extra={"agent": self.name, "events": len(units), "error": repr(exc)},
+                )
+            else:
+                self._dead_letter(stream, units[0], exc)
+            stream.finish(committed=False)
+        return True
+
+    def _dead_letter(self, stream: SluiceStream, unit: Unit, exc: Exception) -> None:
         if isinstance(exc, BadRecord):
             reason, detail = exc.reason, exc.detail
         else:
             reason = "job_error"
             detail = traceback.format_exception_only(exc)[-1].strip()
             log.exception("agent raised on an event; dead-lettered", extra={"agent": self.name})
-        for unit in units:
-            unit.rollback()
         outbox = stream.feed.outbox
         if outbox is not None:
-            for unit in units:
-                key, value, where = dead_letter_of(unit)
-                outbox.dead_letters.send(
-                    outbox.sender_for(unit.fence), self.job, reason, detail, where, key, value
-                )
-        stream.finish(committed=False)
-        return True
+            key, value, where = dead_letter_of(unit)
+            sender = outbox.sender_for(unit.fence)
+            outbox.dead_letters.send(sender, self.job, reason, detail, where, key, value)
 
     def _redeliver(self, stream: SluiceStream) -> None:
         units = stream.in_flight

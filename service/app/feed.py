@@ -44,6 +44,8 @@ class Feed:
         """Where done units' effects go: the batch being processed (set by the engine)."""
         self.failure: BaseException | None = None
         """Set when an agent cannot go on (not an event's fault): the engine stops."""
+        self._singly = 0
+        """Events at the front to hand out one at a time (a failed ``take()`` list, retried)."""
 
     def push(self, events: Iterable[Event]) -> None:
         self._queue.extend(events)
@@ -58,7 +60,16 @@ class Feed:
             self._idle.clear()
             self._ready.set()
 
+    def retry_singly(self, events: list[Event]) -> None:
+        """A ``take()`` list the agent raised on, rolled back: its events go back to the front
+        and are handed out one per ``take()``, so that only the event that fails alone is
+        dead-lettered (the agent's code may raise anywhere in its loop, or after it)."""
+        self.push_front(events)
+        self._singly += len(events)
+
     def pop(self) -> Event | None:
+        if self._singly:
+            self._singly -= 1
         if self.shared:
             taken = self._take_free(1)
             return taken[0] if taken else None
@@ -70,6 +81,9 @@ class Feed:
         return event
 
     def pop_many(self, limit: int) -> list[Event]:
+        if self._singly:
+            limit = 1
+            self._singly -= 1
         if self.shared:
             return self._take_free(limit)
         taken: list[Event] = []
@@ -146,6 +160,7 @@ class Feed:
         """Drop everything queued (the batch is abandoned: a stall or a revocation)."""
         dropped = list(self._queue)
         self._queue.clear()
+        self._singly = 0
         if self.in_flight == 0:
             self._idle.set()
         return dropped

@@ -65,6 +65,30 @@ class SluiceStream(Stream[Any]):
 
     _units: list[Unit]
 
+    grouped: dict[str, SluiceStream]
+    """Topic name -> the stream a ``group_by`` of this one reads (set by the agent)."""
+    rebuilding = False
+    """The agent's function was started again over this stream: the chain it builds again
+    (``filter``, processors, ``group_by``) exists already and is not added twice."""
+
+    def add_processor(self, processor: Any) -> None:
+        if not self.rebuilding:
+            super().add_processor(processor)
+
+    def restarting(self) -> None:
+        """The actor starts the agent's function again over this stream and its groups."""
+        self.rebuilding = True
+        for child in self.grouped.values():
+            child.restarting()
+
+    def in_flight_here(self, function: bool) -> list[tuple[SluiceStream, list[Unit]]]:
+        """(stream, its units in flight) of what an actor iterates: the agent's function
+        (``function``) iterates this stream or, once it called ``group_by``, the grouped
+        streams; the task that forwards to a group iterates this one."""
+        if function and self.grouped:
+            return [found for child in self.grouped.values() for found in child.in_flight_here(True)]
+        return [(self, self.in_flight)] if self.in_flight else []
+
     def _enter(self, unit: Unit) -> None:
         event = unit.event
         set_unit(unit)
@@ -170,7 +194,7 @@ class SluiceStream(Stream[Any]):
                     self._units = [unit]
                     self._enter(unit)
                     try:
-                        value = event.value
+                        value = unit.raw = event.value
                         for processor in processors:
                             value = await maybe_async(processor(value))
                         event.value = value

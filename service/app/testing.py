@@ -127,8 +127,32 @@ class TestContext:
         """Process one event of the agent's topic (``value`` as the agent's topic would decode
         it; ``offset``: defaults to the next one of the partition; ``origin``: a source key and
         position the event carries, as if an agent had sent it)."""
+        await self._process([self._record(value, key, partition, offset, timestamp, headers, origin)])
+
+    async def put_many(
+        self, values: list[Any], *, keys: list[Any] | None = None, partition: int | None = None
+    ) -> None:
+        """Process ``values`` (with ``keys``) as one fetched batch of one partition, at its next
+        offsets, so that a ``take()`` gets them together."""
+        keys = keys if keys is not None else [None] * len(values)
+        first = self._record(values[0], keys[0], partition, None, None, None, None)
+        rest = [
+            self._record(value, key, first.partition, None, None, None, None)
+            for value, key in zip(values[1:], keys[1:], strict=True)
+        ]
+        await self._process([first, *rest])
+
+    def _record(
+        self,
+        value: Any,
+        key: Any,
+        partition: int | None,
+        offset: int | None,
+        timestamp: float | None,
+        headers: dict[str, bytes] | None,
+        origin: tuple[str, list[int]] | None,
+    ) -> _Record:
         agent = self.agent
-        app = agent.app
         topic: Any = agent.channel
         name = topic.get_topic_name()
         if partition is None:  # where a producer would place the key
@@ -149,20 +173,23 @@ class TestContext:
                 ]
             ]
             [(raw, extra)] = encode_packed(source, entries, topic.combine, None)
-            record = _Record(name, partition, offset, None, raw, extra, ts)
-        else:
-            if origin is not None:
-                extra += [("sluice.origin", origin[0].encode()), ("sluice.pos", orjson.dumps(origin[1]))]
-            record = _Record(
-                name, partition, offset, topic.encode_key(key), topic.encode_value(value), extra, ts
-            )
+            return _Record(name, partition, offset, None, raw, extra, ts)
+        if origin is not None:
+            extra += [("sluice.origin", origin[0].encode()), ("sluice.pos", orjson.dumps(origin[1]))]
+        return _Record(name, partition, offset, topic.encode_key(key), topic.encode_value(value), extra, ts)
+
+    async def _process(self, records: list[_Record]) -> None:
+        agent = self.agent
+        app = agent.app
+        name = records[0].topic
+        ts = records[-1].timestamp
         capture: Any = _Capture(self.sent)
         outbox = Outbox(lambda _number: capture, DeadLetters("dead-letters", 1, app.sluice_metrics))
         outbox.dead_letters = _DeadLetters(self.dead_letters, app)
-        await self._run(name, [record], outbox)
+        start = len(self.sent)  # what earlier puts sent came back already
+        await self._run(name, records, outbox)
         # What the agent sent to a topic it reads itself (a group_by's repartition topic) comes
         # back to it, as through Kafka.
-        start = 0
         while True:
             outbox.finish(lambda _t: self.partitions, outbox.reached)
             loop_back = [s for s in self.sent[start:] if s.topic in agent.feeds and s.topic != name]
@@ -178,8 +205,8 @@ class TestContext:
                 await self._run(sent.topic, [again], outbox)
         for parts in outbox.dirty.values():
             for part in parts:
-                records = list(part.changelog_records())
-                part.persist(records, part.store.changelog_offset() + len(records))
+                rows = list(part.changelog_records())
+                part.persist(rows, part.store.changelog_offset() + len(rows))
 
     async def _run(self, name: str, records: list[_Record], outbox: Outbox) -> None:
         agent = self.agent

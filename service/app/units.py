@@ -9,9 +9,9 @@ agent works on a unit, everything it does lands in the unit:
 
 When the agent asks for its next unit (or returns), the unit is *done*: its sends join the
 fetched batch's outgoing records, its undo entries are dropped. If the agent raises instead,
-the unit is *rolled back* — writes undone, sends dropped — and its events are dead-lettered
-(``job_error``; ``BadRecord`` gives its own reason); the agent is started again on the next
-unit. So an event is applied wholly or not at all, and nothing is acknowledged that failed
+the unit is *rolled back* — writes undone, sends dropped — and its event is dead-lettered
+(``job_error``; ``BadRecord`` gives its own reason; a ``take()`` list's events are retried one
+at a time first, :mod:`service.app.agent`); the agent is started again on the next unit. So an event is applied wholly or not at all, and nothing is acknowledged that failed
 (faust-streaming #315, #527); the engine commits a batch's offsets only when every unit of it
 is done (#606, with any ``concurrency``).
 
@@ -35,6 +35,9 @@ if TYPE_CHECKING:
     from faust import Event
 
     from tables.table import TablePartition
+
+
+_UNCHANGED: Any = object()
 
 
 class BadRecord(Exception):
@@ -68,6 +71,7 @@ class Unit:
         "origin",
         "outbox",
         "packed",
+        "raw",
         "replay",
         "sends",
         "tag",
@@ -113,6 +117,9 @@ class Unit:
         ``[timestamp, [[key, payload, index], ...]]`` runs in send order (so the outbox takes a
         unit's sends per target, not per send: a line's fifteen words are one entry each)."""
         self.dirty: set[TablePartition] | None = None
+        self.raw: Any = _UNCHANGED
+        """The event's value before the stream's processors replaced it in a ``take()``: put
+        back when the unit is retried (processors must not run twice on one value)."""
 
     def write_origin(self, table: TablePartition, key: str) -> Origin:
         """The origin of this unit's next write of ``key`` in ``table``: the event's own for the
@@ -169,6 +176,9 @@ class Unit:
         self.outbox.clear()
         self.packed = None
         self.dirty = None
+        if self.raw is not _UNCHANGED:
+            self.event.value = self.raw
+            self.raw = _UNCHANGED
 
 
 _current: contextvars.ContextVar[Unit | None] = contextvars.ContextVar("sluice_unit", default=None)

@@ -57,6 +57,56 @@ async def test_a_line_that_is_not_utf8_is_dead_lettered_and_the_agent_goes_on() 
     assert words == {"fine", "line"}  # the next line went through
 
 
+async def test_a_bad_line_in_a_take_dead_letters_only_itself() -> None:
+    """wordcount's split agent takes lines in lists; the bad one raises in the middle of one.
+    Every other line of the list is sent exactly once, and only the bad one is dead-lettered."""
+    app = app_for("wordcount")
+    async with app.agents["wordcount"].test_context() as ctx:
+        await ctx.put_many([b"a b", b"c", b"\xff\xfe bad", b"d e", b"f"], partition=2)
+    [letter] = ctx.dead_letters
+    assert letter.headers["sluice.reason"] == b"invalid_utf8"
+    assert letter.headers["sluice.source.offset"] == b"2"
+    sent = sorted((u[0], u[2]) for s in ctx.sent for u in s.value["c"])  # (word, first line offset)
+    assert sent == [("a", 0), ("b", 0), ("c", 1), ("d", 3), ("e", 3), ("f", 4)]
+
+
+async def test_a_take_body_that_raises_after_its_loop_is_retried_one_event_at_a_time() -> None:
+    """Which event of a take() list failed is not known when the agent raises after its loop:
+    the list is rolled back and its events retried one per take(); the one that fails alone is
+    dead-lettered, the others are applied once, and the processor the function adds is neither
+    added twice by the restart nor run twice on one value."""
+    app = app_for("wordcount")
+    counts = app.tables["wordcount"]
+    agent = app.agents["wordcount-count"]
+    original = agent.fun
+    calls: list[int] = []
+
+    def doubled(value: int) -> int:
+        calls.append(value)
+        return value * 2
+
+    async def failing(stream: Any) -> None:
+        stream.add_processor(doubled)
+        async for events in stream.take_events(100, within=1.0):
+            for event in events:
+                counts[event.key] += event.value
+            if any(event.key == "bad" for event in events):
+                raise RuntimeError("a check after the loop")
+
+    agent.fun = failing
+    try:
+        async with agent.test_context() as ctx:
+            await ctx.put_many([1, 5, 2], keys=["a", "bad", "b"], partition=0)
+            await ctx.put_many([3], keys=["a"], partition=0)
+            assert (counts["a"], counts["b"], "bad" in counts) == (8, 4, False)
+    finally:
+        agent.fun = original
+    assert calls == [1, 5, 2, 1, 5, 2, 3]  # the list, each event alone, then the next batch
+    [letter] = ctx.dead_letters
+    assert letter.headers["sluice.reason"] == b"job_error"
+    assert letter.headers["sluice.detail"] == b"RuntimeError: a check after the loop"
+
+
 async def test_an_agent_exception_rolls_back_the_event_and_dead_letters_it() -> None:
     app = app_for("wordcount")
     counts = app.tables["wordcount"]

@@ -190,3 +190,29 @@ def test_what_count_agent_receives_is_what_faust_would_decode() -> None:
     topic = orders.count_agent.channel
     assert topic.key_type is str and topic.value_type is int
     assert orjson.loads(topic.encode_value(7)) == 7
+
+
+async def test_a_group_by_agent_that_raises_dead_letters_the_event_and_goes_on() -> None:
+    """The event in flight is the grouped stream's; the agent restarts without forwarding twice."""
+    agent = clicks.count_clicks
+    original = agent.fun
+
+    async def failing(stream: Any) -> None:
+        async for click in stream.group_by(clicks.Click.user):
+            clicks.user_clicks[click.user] += 1
+            if click.url == "/boom":
+                raise RuntimeError("boom")
+
+    agent.fun = failing
+    try:
+        async with agent.test_context() as ctx:
+            for offset, (user, url) in enumerate([("u1", "/a"), ("u1", "/boom"), ("u1", "/c"), ("u2", "/d")]):
+                click = clicks.Click(user=user, url=url)
+                await ctx.put(click, partition=0, offset=offset, timestamp=1_800_000_000.0 + offset)
+            assert rows(clicks.user_clicks.table) == {'001800000000000|"u1"': 2, '001800000000000|"u2"': 1}
+    finally:
+        agent.fun = original
+    [letter] = ctx.dead_letters
+    assert letter.headers["sluice.reason"] == b"job_error"
+    forwarded = [s for s in ctx.sent if s.topic.endswith("-Click.user-repartition")]
+    assert [s.value["url"] for s in forwarded] == ["/a", "/boom", "/c", "/d"]
