@@ -5,12 +5,12 @@ An actor is a task running the agent function over a :class:`~service.app.stream
 back — its table writes undone, its sends dropped — and dead-lettered with ``reason=job_error``
 and the exception's last line (``BadRecord`` names its own reason), and the function is started
 again on the next event: the agent keeps running and nothing failed is acknowledged
-(faust-streaming #315, #527). A ``take()`` list is rolled back whole and its events retried one
-per ``take()``, so only the event that fails alone is dead-lettered. The event in flight is the
-grouped stream's when the function iterates a ``group_by``; started again, the function gets
-the chain (processors, groups) it built the first time instead of a second one. A combined event that met a row
-which applied only some of its parts (:class:`~service.app.units.Redeliver`) is rolled back and
-its parts are delivered one by one instead.
+(faust-streaming #315, #527). A ``take()`` list is rolled back whole and its events retried one per
+``take()``, so only the event that fails alone is dead-lettered. The event in flight is the
+grouped stream's when the function iterates a ``group_by``; started again, the function gets the
+chain (processors, groups) it built the first time instead of a second one. A combined event
+that met a row which applied only some of its parts (:class:`~service.app.units.Redeliver`) is
+rolled back and its parts are delivered one by one instead.
 
 sluice options of ``@app.agent(...)``: ``job=`` the label of the agent's metrics and dead
 letters (default: the agent's name).

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from faust import Table
 
-from service.app.units import Redeliver, current_unit
+from service.app.units import BadRecord, Redeliver, current_unit
 from service.kafka.murmur2 import partition_for_key
 from tables.positions import DUPLICATE, NEW
 from tables.table import TablePartition, TableSpec
@@ -101,7 +101,10 @@ class SluiceTable(Table[Any, Any]):
         if isinstance(key, str) and (self.raw_keys or self.key_serializer == "raw"):
             return key
         if isinstance(key, bytes):
-            return key.decode("utf-8", "replace")
+            try:
+                return key.decode("utf-8")
+            except UnicodeDecodeError:  # replacing would make two keys share one row
+                raise BadRecord("invalid_table_key", "a bytes table key must be UTF-8") from None
         if hasattr(key, "to_representation"):
             key = key.to_representation()
         return orjson.dumps(key).decode()

@@ -8,12 +8,13 @@ agent works on a unit, everything it does lands in the unit:
 * **sends** wait here, in order, with the origin in their headers.
 
 When the agent asks for its next unit (or returns), the unit is *done*: its sends join the
-fetched batch's outgoing records, its undo entries are dropped. If the agent raises instead,
-the unit is *rolled back* — writes undone, sends dropped — and its event is dead-lettered
+fetched batch's outgoing records, its undo entries are dropped. If the agent raises instead, the
+unit is *rolled back* — writes undone, sends dropped — and its event is dead-lettered
 (``job_error``; ``BadRecord`` gives its own reason; a ``take()`` list's events are retried one
-at a time first, :mod:`service.app.agent`); the agent is started again on the next unit. So an event is applied wholly or not at all, and nothing is acknowledged that failed
-(faust-streaming #315, #527); the engine commits a batch's offsets only when every unit of it
-is done (#606, with any ``concurrency``).
+at a time first, :mod:`service.app.agent`); the agent is started again on the next unit. So an
+event is applied wholly or not at all, and nothing is acknowledged that failed (faust-streaming
+#315, #527); the engine commits a batch's offsets only when every unit of it is done (#606, with
+any ``concurrency``).
 
 Origins: an event read from a topic nobody in this app wrote carries its own position
 ``(topic:partition, [offset])``; a record an agent sent carries, in ``sluice.origin`` headers,

@@ -161,3 +161,26 @@ async def test_rollup_validation_dead_letters_with_the_reason() -> None:
         await ctx.put(b'{"key": "k", "value": 1, "ts": 1}', partition=0, offset=1)
     assert [d.headers["sluice.reason"] for d in ctx.dead_letters] == [b"wrong_type"]
     assert len(ctx.sent) >= 1
+
+
+async def test_a_bytes_table_key_that_is_not_utf8_dead_letters_its_event() -> None:
+    """Keys are stored as text: replacing bad bytes would make two keys share one row."""
+    app = app_for("wordcount")
+    counts = app.tables["wordcount"]
+    agent = app.agents["wordcount-count"]
+    original = agent.fun
+
+    async def by_bytes(stream: Any) -> None:
+        async for word, n in stream.items():
+            counts[b"\xff\xfe" if word == "bad" else word.encode()] += n
+
+    agent.fun = by_bytes
+    try:
+        async with agent.test_context() as ctx:
+            await ctx.put(1, key="bad", origin=("lines:0", [1, 0]))
+            await ctx.put(2, key="ok", origin=("lines:0", [2, 0]))
+            assert counts[b"ok"] == 2 and counts["ok"] == 2
+    finally:
+        agent.fun = original
+    [letter] = ctx.dead_letters
+    assert letter.headers["sluice.reason"] == b"invalid_table_key"
