@@ -80,6 +80,7 @@ class SluiceAgent(Agent):
         stream = SluiceStream(channel, app=self.app, prefix=self.name, beacon=self.beacon)
         stream.feed = feed
         stream.grouped = {}
+        stream.chain_base = stream.chain_seen = len(stream._processors)
         stream.agent = self
         job, tag = self.job, self.origin_tag
 
@@ -155,7 +156,7 @@ class SluiceAgent(Agent):
         started = False
         while True:
             try:
-                if started:
+                if started and fun is not _drain:
                     stream.restarting()
                 started = True
                 result = fun(stream)
@@ -164,6 +165,8 @@ class SluiceAgent(Agent):
                         await self._delegate_to_sinks(value)
                 else:
                     await result
+                for iterated, _ in stream.in_flight_here(fun is not _drain):
+                    iterated.finish(True)  # the function was done with the event it left
                 log.warning("agent function returned; started again", extra={"agent": self.name})
                 await asyncio.sleep(0.1)
             except Redeliver:
@@ -191,7 +194,7 @@ class SluiceAgent(Agent):
             )
             return False
         for stream, units in in_flight:
-            for unit in units:
+            for unit in reversed(units):  # a later unit's undo restores what an earlier one wrote
                 unit.rollback()
             if len(units) > 1:  # a take() list: retried one event per take, to find the failing one
                 stream.feed.retry_singly([cast(SluiceEvent, unit.event) for unit in units])
@@ -220,8 +223,9 @@ class SluiceAgent(Agent):
     def _redeliver(self, stream: SluiceStream) -> None:
         units = stream.in_flight
         events: list[SluiceEvent] = []
-        for unit in units:
+        for unit in reversed(units):
             unit.rollback()
+        for unit in units:
             assert isinstance(unit.event, SluiceEvent)
             events.extend(split_combined(unit.event))
         stream.feed.push_front(events)

@@ -68,10 +68,8 @@ class Feed:
         self._singly += len(events)
 
     def pop(self) -> Event | None:
-        if self._singly:
-            self._singly -= 1
-        if self.shared:
-            taken = self._take_free(1)
+        if self.shared or self._singly:
+            taken = self.pop_many(1)
             return taken[0] if taken else None
         try:
             event = self._queue.popleft()
@@ -83,14 +81,16 @@ class Feed:
     def pop_many(self, limit: int) -> list[Event]:
         if self._singly:
             limit = 1
-            self._singly -= 1
         if self.shared:
-            return self._take_free(limit)
-        taken: list[Event] = []
-        queue = self._queue
-        while queue and len(taken) < limit:
-            taken.append(queue.popleft())
-        self.in_flight += len(taken)
+            taken = self._take_free(limit)
+        else:
+            taken = []
+            queue = self._queue
+            while queue and len(taken) < limit:
+                taken.append(queue.popleft())
+            self.in_flight += len(taken)
+        if taken and self._singly:
+            self._singly -= 1
         return taken
 
     def _take_free(self, limit: int) -> list[Event]:

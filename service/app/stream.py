@@ -67,17 +67,22 @@ class SluiceStream(Stream[Any]):
 
     grouped: dict[str, SluiceStream]
     """Topic name -> the stream a ``group_by`` of this one reads (set by the agent)."""
-    rebuilding = False
-    """The agent's function was started again over this stream: the chain it builds again
-    (``filter``, processors, ``group_by``) exists already and is not added twice."""
+    chain_base = 0
+    """Processors the stream was made with (none of the agent function's)."""
+    chain_seen = 0
+    """Processors the agent function has added since it (last) started."""
 
     def add_processor(self, processor: Any) -> None:
-        if not self.rebuilding:
+        """As Faust's, except when the function was started again: the chain it builds again
+        (``filter``, processors, ``group_by``) exists up to where the first run got, and only
+        what is past that is added (the function is assumed to build the same chain)."""
+        self.chain_seen += 1
+        if self.chain_seen > len(self._processors):
             super().add_processor(processor)
 
     def restarting(self) -> None:
         """The actor starts the agent's function again over this stream and its groups."""
-        self.rebuilding = True
+        self.chain_seen = self.chain_base
         for child in self.grouped.values():
             child.restarting()
 
@@ -131,12 +136,17 @@ class SluiceStream(Stream[Any]):
             self.on_first_iteration()
             self.on_first_iteration = None
 
-    async def _sluice_aiter(self, kind: int) -> AsyncIterator[Any]:
+    def _begin(self) -> None:
+        """A new iteration: an event the last one left in flight (``break``) is done."""
         self._sluice_first_iteration()
+        if self.in_flight:
+            self.finish(True)
+
+    async def _sluice_aiter(self, kind: int) -> AsyncIterator[Any]:
+        self._begin()
         feed = self.feed
         new_unit = self.new_unit
         processors = self._processors
-        self._units = []
         while True:
             event = feed.pop()
             if event is None:
@@ -175,42 +185,50 @@ class SluiceStream(Stream[Any]):
     noack_take = take  # type: ignore[assignment]
 
     async def _take(self, max_: int) -> AsyncIterator[list[Unit]]:
-        self._sluice_first_iteration()
+        self._begin()
         feed = self.feed
         new_unit = self.new_unit
         processors = self._processors
-        self._units = []
         while True:
             events = feed.pop_many(max_)
             if not events:
                 self._leave()
                 await feed.wait()
                 continue
-            units: list[Unit] = []
-            skipped: list[Unit] = []
-            for event in events:
-                unit = new_unit(event)
-                if processors:
-                    self._units = [unit]
-                    self._enter(unit)
-                    try:
-                        value = unit.raw = event.value
-                        for processor in processors:
-                            value = await maybe_async(processor(value))
-                        event.value = value
-                    except Skip:
-                        skipped.append(unit)
-                        continue
-                units.append(unit)
-            self._units = skipped
-            self.finish(True)
-            if not units:
-                continue
+            units = [new_unit(event) for event in events]
+            if processors:
+                units = await self._process(units)
+                if not units:
+                    continue
             self._units = units
             self._leave()
             self.events_total += len(units)
             yield units
             self.finish(True)
+
+    async def _process(self, units: list[Unit]) -> list[Unit]:
+        """Run the processors over a take's units; the ones a processor skips are done. All are
+        in flight meanwhile: a processor that raises fails the whole list (retried singly)."""
+        processors = self._processors
+        self._units = units
+        kept: list[Unit] = []
+        skipped: list[Unit] = []
+        for unit in units:
+            self._enter(unit)
+            event = unit.event
+            try:
+                value = unit.raw = event.value
+                for processor in processors:
+                    value = await maybe_async(processor(value))
+                event.value = value
+            except Skip:
+                skipped.append(unit)
+                continue
+            kept.append(unit)
+        if skipped:
+            self._units = skipped
+            self.finish(True)
+        return kept
 
     async def ack(self, event: Any) -> bool:
         """Commits are the engine's: an event is done when the agent asks for the next one."""

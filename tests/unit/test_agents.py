@@ -4,6 +4,7 @@ failing event is dead-lettered and the agent goes on."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -184,3 +185,87 @@ async def test_a_bytes_table_key_that_is_not_utf8_dead_letters_its_event() -> No
         agent.fun = original
     [letter] = ctx.dead_letters
     assert letter.headers["sluice.reason"] == b"invalid_table_key"
+
+
+async def run_count_agent(
+    fun: Any, *puts: tuple[list[int], list[str]], settle: float = 0.0
+) -> tuple[Any, Any]:
+    """The wordcount-count agent with ``fun`` as its function, given ``puts`` as fetched
+    batches of partition 0; returns (table, test context)."""
+    app = app_for("wordcount")
+    agent = app.agents["wordcount-count"]
+    original, agent.fun = agent.fun, fun
+    try:
+        async with agent.test_context() as ctx:
+            await asyncio.sleep(settle)
+            for values, keys in puts:
+                await asyncio.wait_for(ctx.put_many(values, keys=keys, partition=0), 5)
+    finally:
+        agent.fun = original
+    return app.tables["wordcount"], ctx
+
+
+async def test_a_failed_take_list_is_rolled_back_last_unit_first() -> None:
+    """Two events of one list write one row: undone in reverse, the row is back at its state
+    before the list (in order, the failing event's +5 and its guard position would survive)."""
+
+    async def fun(stream: Any) -> None:
+        async for events in stream.take_events(100, within=1.0):
+            for event in events:
+                stream.app.tables["wordcount"][event.key] += event.value
+            if any(event.value == 5 for event in events):
+                raise RuntimeError("bad value")
+
+    counts, ctx = await run_count_agent(fun, ([5, 1], ["a", "a"]))
+    assert [d.headers["sluice.source.offset"] for d in ctx.dead_letters] == [b"0"]
+    assert counts["a"] == 1
+
+
+async def test_a_processor_that_raises_in_a_take_fails_only_its_event() -> None:
+    seen: list[int] = []
+
+    def check(value: int) -> int:
+        seen.append(value)
+        if value == 5:
+            raise RuntimeError("processor")
+        return value
+
+    async def fun(stream: Any) -> None:
+        stream.add_processor(check)
+        async for events in stream.take_events(100, within=1.0):
+            for event in events:
+                stream.app.tables["wordcount"][event.key] += event.value
+
+    counts, ctx = await run_count_agent(fun, ([1, 5, 2], ["a", "a", "a"]))
+    assert [d.headers["sluice.source.offset"] for d in ctx.dead_letters] == [b"1"]
+    assert counts["a"] == 3
+    assert seen == [1, 5, 1, 5, 2]  # the list up to the failure, then one event at a time
+
+
+async def test_a_function_that_returns_mid_iteration_does_not_stall_the_batch() -> None:
+    async def fun(stream: Any) -> None:
+        async for word, n in stream.items():
+            stream.app.tables["wordcount"][word] += n
+            if word == "stop":
+                return
+
+    _, ctx = await run_count_agent(fun, ([1], ["stop"]), ([2], ["stop"]))
+    assert ctx.dead_letters == []
+
+
+async def test_a_restart_after_a_setup_failure_adds_the_rest_of_the_chain() -> None:
+    """The first run failed between two filters: the restart keeps the first, adds the second."""
+    attempts: list[int] = []
+    passed: list[int] = []
+
+    async def fun(stream: Any) -> None:
+        s = stream.filter(lambda v: v > 0)
+        if not attempts:
+            attempts.append(1)
+            raise RuntimeError("setup failed once (outside any event)")
+        s = s.filter(lambda v: v < 100)
+        async for n in s:
+            passed.append(n)
+
+    await run_count_agent(fun, ([500, -1, 3], ["a", "a", "a"]), settle=0.7)
+    assert passed == [3]
