@@ -172,9 +172,7 @@ class Engine:
                 self._raise_fatal()
                 generation = rt.progress.generation
                 started = time.monotonic()
-                fetch = asyncio.ensure_future(
-                    consumer.getmany(timeout_ms=500, max_records=self.settings.max_batch)
-                )
+                fetch = asyncio.ensure_future(self._fetch())
                 await asyncio.wait({fetch, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
                 if not fetch.done():
                     fetch.cancel()
@@ -216,6 +214,17 @@ class Engine:
         for part in rt.table_partitions():
             part.store.close()
         rt.tables.clear()
+
+    async def _fetch(self) -> dict[TopicPartition, list[Any]]:
+        """One fetch, noted the moment it returns (no other task runs in between): a rebalance
+        callback may commit before the loop gets to it (see ``Progress.only_markers_ahead``)."""
+        consumer = self.rt.consumer
+        assert consumer is not None
+        fetched: dict[TopicPartition, list[Any]] = await consumer.getmany(
+            timeout_ms=500, max_records=self.settings.max_batch
+        )
+        self.rt.progress.fetched(fetched)
+        return fetched
 
     def _raise_fatal(self) -> None:
         if self.fatal is not None:

@@ -139,9 +139,17 @@ class Durability:
         assigned = consumer.assignment()
         for tp in list(progress.durable):
             # Past transaction markers (exactly_once topics): the consumer's position skips
-            # control records that follow the last processed record; nothing lies between.
-            settled = tp in assigned and tp.partition in rt.fences and tp not in progress.undurable
-            if settled and progress.expected.get(tp) == progress.durable[tp]:
+            # control records that follow the last processed record. Only when every record the
+            # consumer returned is durable: a fetch that returned while a rebalance callback
+            # commits has moved the position past records nobody processed.
+            settled = (
+                tp in assigned
+                and tp.partition in rt.fences
+                and tp not in progress.undurable
+                and progress.expected.get(tp) == progress.durable[tp]
+                and progress.only_markers_ahead(tp)
+            )
+            if settled:
                 position = await consumer.position(tp)
                 if position > progress.durable[tp]:
                     progress.durable[tp] = progress.expected[tp] = position

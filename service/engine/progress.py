@@ -32,6 +32,9 @@ class Progress:
     durable: dict[TopicPartition, int] = field(default_factory=dict)
     """Next offset per partition whose effects are durable."""
     committed: dict[TopicPartition, int] = field(default_factory=dict)
+    returned: dict[TopicPartition, int] = field(default_factory=dict)
+    """Next offset after the last record the consumer returned per partition, noted as the
+    fetch returns (its position moved there whether or not the records are processed)."""
     generation: int = 0
     """Bumped whenever positions are decided anew (assignment, revocation, a dropped batch):
     a fetch started under an older generation is not processed."""
@@ -47,6 +50,17 @@ class Progress:
         elif records[0].offset < expected:
             records = [r for r in records if r.offset >= expected]
         return records
+
+    def fetched(self, records: dict[TopicPartition, list[Any]]) -> None:
+        for tp, batch in records.items():
+            if batch:
+                self.returned[tp] = batch[-1].offset + 1
+
+    def only_markers_ahead(self, tp: TopicPartition) -> bool:
+        """Whether every record the consumer returned for ``tp`` is durable, so that a consumer
+        position past the durable one can only be past transaction markers (or records a
+        read_committed fetch dropped), never past records not processed yet."""
+        return self.returned.get(tp, 0) <= self.durable.get(tp, -1)
 
     def advance(self, tp: TopicPartition, next_offset: int) -> None:
         """``tp`` was processed up to ``next_offset`` (exclusive); positions never go back."""
@@ -67,6 +81,7 @@ class Progress:
     def forget(self, tp: TopicPartition) -> None:
         """``tp`` is no longer processed here (revoked, fenced, or its batch dropped)."""
         self.expected.pop(tp, None)
+        self.returned.pop(tp, None)
         self.undurable.pop(tp, None)
         self.durable.pop(tp, None)
         self.committed.pop(tp, None)
