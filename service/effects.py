@@ -66,7 +66,14 @@ class Sender:
             futures.append((topic, partition, count, fut))
         last: dict[tuple[str, int], int] = {}
         if futures:
-            results = await asyncio.gather(*(f for *_, f in futures))
+            # Every send's outcome is collected before the first failure is raised (none is left
+            # unretrieved, none is still running when the caller moves on).
+            outcomes = await asyncio.gather(*(f for *_, f in futures), return_exceptions=True)
+            results = []
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                results.append(outcome)
             for (topic, partition, count, _), meta in zip(futures, results, strict=True):
                 end = meta.offset + count - 1
                 if end > last.get((topic, partition), -1):

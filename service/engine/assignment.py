@@ -24,8 +24,9 @@ from aiokafka.errors import KafkaError
 from service.changelog import read_table
 from service.engine.assignor import CopartitionedAssignor
 from service.engine.durability import Durability
+from service.engine.fencing import transaction_timeout_ms
 from service.engine.progress import UNKNOWN
-from service.engine.resume import records_between, resume_position
+from service.engine.resume import records_between, resume_position, wait_stable
 from service.engine.runtime import Runtime
 from service.errors import StateError
 from service.restore import restore
@@ -55,15 +56,16 @@ class Assignments:
 
     async def revoked(self, stalled: bool) -> None:
         rt = self.rt
-        if not stalled:
-            try:
+        try:
+            if not stalled:
                 await self.durability.commit()
-            except KafkaError as exc:
-                log.warning("commit on revocation failed", extra={"error": str(exc)})
-        self.drop_pending()  # what the commit could not make durable is replayed by the next owner
-        for tp in list(rt.progress.expected):
-            rt.progress.forget(tp)
-        rt.progress.generation += 1
+        except KafkaError as exc:
+            log.warning("commit on revocation failed", extra={"error": str(exc)})
+        finally:  # whatever the commit raised: nothing of the old assignment goes on
+            self.drop_pending()  # what the commit could not make durable is replayed by the next owner
+            for tp in list(rt.progress.expected):
+                rt.progress.forget(tp)
+            rt.progress.generation += 1
 
     def drop_pending(self) -> None:
         rt = self.rt
@@ -161,6 +163,17 @@ class Assignments:
         assert consumer is not None
         held = await self._table_offsets(assigned)
         committed = await _committed(consumer, assigned)
+        ahead = [tp for tp in assigned if tp in held and committed.get(tp, -1) > held[tp]]
+        if ahead:
+            # A row of the offsets table may be hidden behind another number's open transaction
+            # (a worker killed in its phase B): wait for it to end, then read again.
+            topic = OFFSETS.changelog_topic(rt.settings.app_id)
+            keys = {rt.incarnations.key(tp.topic, tp.partition).encode() for tp in ahead}
+            wanted = sorted({self.durability.offsets_partition(key) for key in keys})
+            # Its transaction times out, and the coordinator's check for that runs every 10 s.
+            limit = transaction_timeout_ms(rt.settings) / 1000 + 15
+            if await wait_stable(rt.settings, [TopicPartition(topic, q) for q in wanted], limit):
+                held = await self._table_offsets(assigned)
         from_start: list[TopicPartition] = []
         for tp in sorted(assigned):
             group = committed.get(tp)

@@ -11,11 +11,13 @@ anything is sent drops the batch (see :mod:`.core`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
 
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 
 from service.effects import Sender
 from service.engine.durability import Durability
@@ -88,6 +90,7 @@ class Batches:
             rt.dirty.setdefault(number, set()).update(parts)
         self._count_duplicates()
         if self.stalled(started):
+            await self._abort(senders)
             self.drop("stalled while processing a batch")
             return
         for tp, (_, position) in batch.items():
@@ -138,6 +141,14 @@ class Batches:
                 continue
             senders[number] = Sender(producer)
         return senders
+
+    async def _abort(self, senders: dict[int | None, Sender]) -> None:
+        """Exactly-once: end the transactions a dropped batch began (a producer left in one
+        cannot begin the next)."""
+        for number in senders:
+            if number is not None:
+                with contextlib.suppress(KafkaError, AssertionError, asyncio.TimeoutError):
+                    await asyncio.wait_for(self.rt.fences.producer(number).abort_transaction(), 10)
 
     async def _commit_transactions(self, senders: dict[int | None, Sender]) -> None:
         """Exactly-once: each partition number's batch, its phase B and its input offsets,

@@ -115,14 +115,21 @@ class Durability:
             sender = Sender(producer)
             return await self.transact(number, sender, self.add_phase_b(number, sender), None)
 
-        if chosen:
-            await asyncio.gather(*(one(number) for number in chosen))
+        if chosen:  # every transaction ends before an error is raised: none outlives the lock
+            results = await asyncio.gather(*(one(number) for number in chosen), return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
 
     def lost(self, number: int) -> None:
         """``number`` was fenced: another worker owns it now. Drop what is pending for it and
         stop processing it until the next assignment."""
         rt = self.rt
         rt.fences.mark_fenced(number)
+        if rt.consumer is not None:
+            # Fenced while still a member (the coordinator aborted a transaction that outlived
+            # its timeout): only a new assignment tells whether the number is still ours.
+            rt.consumer._coordinator.request_rejoin()
         for table in rt.dirty.pop(number, set()):
             table.discard_pending()
         for tp in [tp for tp in rt.progress.expected if tp.partition == number]:

@@ -56,6 +56,13 @@ FENCED_ERRORS: tuple[type[KafkaError], ...] = (
 TRANSACTION_TIMEOUT_MS = 15_000
 
 
+def transaction_timeout_ms(settings: Settings) -> int:
+    """How long the coordinator keeps a fenced producer's transaction open: 15 s, or longer than
+    the session timeout (a transaction the coordinator aborts while its worker is still a member
+    would fence a partition nobody else owns), within the broker's default maximum (15 min)."""
+    return min(max(TRANSACTION_TIMEOUT_MS, settings.session_timeout_ms + 5_000), 900_000)
+
+
 def transactional_id(app_id: str, number: int) -> str:
     return f"{app_id}-p{number}"
 
@@ -92,7 +99,7 @@ class PartitionProducers:
                 **base,
                 **producer_kwargs(),
                 transactional_id=transactional_id(self.settings.app_id, number),
-                transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
+                transaction_timeout_ms=transaction_timeout_ms(self.settings),
             )
         results = await asyncio.gather(*(p.start() for p in self._producers.values()), return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]

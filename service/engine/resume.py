@@ -9,6 +9,7 @@ win over a missing or older group offset; a group offset ahead of the tables fol
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -60,3 +61,39 @@ async def records_between(settings: Settings, tp: TopicPartition, start: int, en
     finally:
         await consumer.stop()
     return count
+
+
+async def wait_stable(settings: Settings, tps: list[TopicPartition], within: float) -> bool:
+    """Wait until no open transaction holds back the committed end of ``tps`` (last stable
+    offset = high watermark), at most ``within`` seconds; whether it got there.
+
+    The offsets changelog is written by the fenced producers of every partition number: a
+    worker killed in the middle of its phase B leaves a transaction open (until its
+    transaction timeout, or until the next owner of its number fences it), and a
+    read_committed reader then sees none of the rows committed after it, on that partition."""
+    if not tps:
+        return True
+    ends: dict[str, AIOKafkaConsumer] = {
+        level: AIOKafkaConsumer(
+            **client_kwargs(settings, client_id=f"{settings.app_id}-stable"),
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level=level,
+        )
+        for level in ("read_committed", "read_uncommitted")
+    }
+    deadline = time.monotonic() + within
+    try:
+        for consumer in ends.values():
+            await consumer.start()
+        while True:
+            stable = await ends["read_committed"].end_offsets(tps)
+            high = await ends["read_uncommitted"].end_offsets(tps)
+            if all(stable[tp] >= high[tp] for tp in tps):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.5)
+    finally:
+        for consumer in ends.values():
+            await consumer.stop()

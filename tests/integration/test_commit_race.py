@@ -12,7 +12,6 @@ task may), then reads the group's committed offset back from the broker.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,76 +19,17 @@ import pytest
 from aiokafka import TopicPartition
 
 from service.devbroker import LocalCluster
-from service.engine.core import Engine
-from service.metrics import Metrics
-from service.settings import load_settings
-from service.topics import TopicSpec
+from tests.enginekit import engine_for, stop_engine, until
 from tests.harness import produce_records
 
 pytestmark = pytest.mark.integration
 
 
-class NoEffects:
-    """A workload (service.engine.workload.Workload) that reads one topic and writes nothing."""
-
-    def __init__(self, topic: str, dead: str) -> None:
-        self.topic = topic
-        self.dead = dead
-        self.processed = 0
-
-    def subscriptions(self) -> tuple[list[str], list[str]]:
-        return [self.topic], []
-
-    def topic_specs(self) -> list[TopicSpec]:
-        return [TopicSpec(self.topic, 1, False), TopicSpec(self.dead, 1, False)]
-
-    def tables(self) -> list[Any]:
-        return []
-
-    async def process(
-        self, batch: dict[TopicPartition, Any], sender_for: Any, dead_letters: Any
-    ) -> dict[int, Any]:
-        self.processed += sum(len(records) for records, _ in batch.values())
-        return {}
-
-    def on_partitions(self, tables: Any) -> None:
-        pass
-
-    def clocked_sources(self) -> list[TopicPartition]:
-        return []
-
-    def clocked_inputs(self) -> set[TopicPartition]:
-        return set()
-
-    def partitions_of(self, topic: str) -> int:
-        return 1
-
-    def internal(self, topic: str) -> bool:
-        return False
-
-
-async def until(condition: Any, seconds: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not await condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{what}: not reached after {seconds}s")
-        await asyncio.sleep(0.1)
-
-
 async def test_a_revocation_between_fetch_and_processing_commits_only_what_was_processed(
     kafka: LocalCluster, tmp_path: Path
 ) -> None:
-    run_id = uuid.uuid4().hex[:8]
-    topic = f"race-in-{run_id}"
-    settings = load_settings(
-        brokers=kafka.bootstrap_servers,
-        app_id=f"race-{run_id}",
-        data_dir=tmp_path,
-        dead_letter_topic=f"race-dead-{run_id}",
-        commit_interval_ms=100,
-    )
-    workload = NoEffects(topic, settings.dead_letter_topic)
-    engine = Engine(settings, workload, Metrics(process=False))  # type: ignore[arg-type]
+    engine, workload = engine_for(kafka.bootstrap_servers, tmp_path, commit_interval_ms=100)
+    topic = workload.topic
     tp = TopicPartition(topic, 0)
     await engine.start()
     run = asyncio.create_task(engine.run())
@@ -124,8 +64,6 @@ async def test_a_revocation_between_fetch_and_processing_commits_only_what_was_p
 
         await until(revoked, 30, "a fetch of the next 50 records")
     finally:
-        engine.request_stop()
-        await asyncio.wait_for(run, 30)
-        await engine.close()
+        assert await stop_engine(engine, run) is None
     assert seen["position"] == 150 and seen["processed"] == 100
     assert seen["committed"] == 100, "the commit passed records the engine never processed"
