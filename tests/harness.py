@@ -40,10 +40,23 @@ from tests.kafka_fixtures import free_port
 SLUICE = str(Path(sys.executable).with_name("sluice"))
 
 
-class WorkerProcess:
-    """One ``sluice worker`` subprocess."""
+FAUST_WORKER = [sys.executable, "-m", "faust", "-A", "service.main", "worker", "-l", "info"]
+"""The same worker as ``sluice worker``, started the way Faust starts apps."""
 
-    def __init__(self, bootstrap: str, data_dir: Path, app_id: str, log_path: Path, **env: str) -> None:
+
+class WorkerProcess:
+    """One ``sluice worker`` subprocess (or ``command``, e.g. :data:`FAUST_WORKER`)."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        data_dir: Path,
+        app_id: str,
+        log_path: Path,
+        command: list[str] | None = None,
+        **env: str,
+    ) -> None:
+        self.command = command or [SLUICE, "worker"]
         self.data_dir = data_dir
         self.port = free_port()
         self.log_path = log_path
@@ -61,7 +74,7 @@ class WorkerProcess:
 
     def start(self) -> WorkerProcess:
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen([SLUICE, "worker"], env=self.env, stdout=log, stderr=log)
+        self.proc = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=log)
         return self
 
     def get(self, path: str) -> tuple[int, Any]:
@@ -273,9 +286,14 @@ class Stack:
             out[f"SLUICE_{job.upper()}_OUTPUT_TOPIC"] = self.outputs[job]
         return {**out, **self.env, **env}
 
-    def worker(self, name: str, **env: str) -> WorkerProcess:
+    def worker(self, name: str, command: list[str] | None = None, **env: str) -> WorkerProcess:
         w = WorkerProcess(
-            self.bootstrap, self.tmp / name, self.app_id, self.tmp / f"{name}.log", **self.worker_env(**env)
+            self.bootstrap,
+            self.tmp / name,
+            self.app_id,
+            self.tmp / f"{name}.log",
+            command,
+            **self.worker_env(**env),
         )
         self.workers.append(w)
         return w
