@@ -9,12 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from service.errors import OperationError
 from service.kafka.client_config import client_kwargs
 from service.settings import Settings
-from tables.codec import decode_row
+from tables.codec import decode_row, is_sluice_row
 from tables.positions import Positions
 from tables.table import META_PREFIX
 
@@ -26,6 +27,14 @@ class TableEntry:
     positions: Positions
     partition: int
     offset: int
+
+
+def bare(value: bytes) -> Any:
+    """A value stock Faust wrote: JSON (its default serializer) when it parses, else text."""
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return value.decode("utf-8", "replace")
 
 
 async def read_table(
@@ -71,8 +80,11 @@ async def read_table(
                     if record.value is None:
                         latest[key] = None
                         continue
-                    row = decode_row(record.value)[1]
-                    latest[key] = TableEntry(key, row.value, row.positions, tp.partition, record.offset)
+                    if is_sluice_row(record.value):
+                        row = decode_row(record.value)[1]
+                        latest[key] = TableEntry(key, row.value, row.positions, tp.partition, record.offset)
+                    else:  # stock Faust wrote it (a table moved to sluice): its bare value
+                        latest[key] = TableEntry(key, bare(record.value), {}, tp.partition, record.offset)
             for tp in list(todo):
                 if await consumer.position(tp) >= ends[tp]:
                     todo.discard(tp)

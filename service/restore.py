@@ -21,7 +21,7 @@ from service.kafka.client_config import client_kwargs
 from service.metrics import Metrics
 from service.settings import Settings
 from tables.codec import Row, encode_row, is_sluice_row
-from tables.table import TablePartition
+from tables.table import TablePartition, TableSpec
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ async def restore(settings: Settings, metrics: Metrics, partitions: Sequence[Tab
     for part in partitions:
         stored = part.store.schema()
         if stored is not None and stored != part.spec.schema:
-            raise _schema_error(part, stored)
+            raise _schema_error(part.spec, stored)
     consumer = AIOKafkaConsumer(
         **client_kwargs(settings, client_id=f"{settings.app_id}-restore"),
         group_id=None,
@@ -66,7 +66,7 @@ async def restore(settings: Settings, metrics: Metrics, partitions: Sequence[Tab
                 for record in records:
                     value = record.value
                     if value is not None and not value.startswith(prefix):
-                        value = _foreign(part, value)
+                        value = _foreign(part.spec, value)
                     changes.append((record.key, value))
                 part.store.write(changes, records[-1].offset, part.spec.schema)
                 applied += len(changes)
@@ -110,17 +110,26 @@ def check_stored_offset(table: str, tp: TopicPartition, stored: int, log_start: 
         )
 
 
-def _foreign(part: TablePartition, value: bytes) -> bytes:
-    """A changelog value of another schema: refused, unless it is a bare value stock Faust wrote
-    and the table accepts those (its starting state, without positions)."""
-    if is_sluice_row(value) or part.spec.foreign is None:
+def stock_faust_row(spec: TableSpec, value: bytes | None) -> bytes | None:
+    """A changelog value as this release stores it: a bare value stock Faust wrote becomes a row
+    without positions (the table's starting state) when the table accepts those; anything else
+    is kept as it is (restore refuses another schema)."""
+    if value is None or is_sluice_row(value) or spec.foreign is None:
+        return value
+    return encode_row(Row(spec.foreign(value), {}), spec.schema)
+
+
+def _foreign(spec: TableSpec, value: bytes) -> bytes:
+    """A changelog value of another schema: refused, unless stock Faust wrote it."""
+    converted = stock_faust_row(spec, value)
+    if converted is value or converted is None:
         found = orjson.loads(value).get("s", "?") if is_sluice_row(value) else "(not a sluice row)"
-        raise _schema_error(part, found)
-    return encode_row(Row(part.spec.foreign(value), {}), part.spec.schema)
+        raise _schema_error(spec, found)
+    return converted
 
 
-def _schema_error(part: TablePartition, found: str) -> StateError:
+def _schema_error(spec: TableSpec, found: str) -> StateError:
     return StateError(
-        f"table {part.spec.name} holds rows of schema {found!r}, this release expects "
-        f"{part.spec.schema!r}: migrate the table or run under a new SLUICE_APP_ID"
+        f"table {spec.name} holds rows of schema {found!r}, this release expects "
+        f"{spec.schema!r}: migrate the table or run under a new SLUICE_APP_ID"
     )

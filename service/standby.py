@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from service.errors import StateError
 from service.kafka.client_config import client_kwargs
-from service.restore import check_stored_offset
+from service.restore import check_stored_offset, stock_faust_row
 from service.settings import Settings
 from tables.store import PartitionStore
 from tables.table import TableSpec
@@ -116,4 +116,5 @@ class StandbyReplicator:
                     if entry is None or not records:
                         continue
                     spec, store = entry
-                    store.write([(r.key, r.value) for r in records], records[-1].offset, spec.schema)
+                    rows = [(r.key, stock_faust_row(spec, r.value)) for r in records]
+                    store.write(rows, records[-1].offset, spec.schema)

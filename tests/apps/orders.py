@@ -19,7 +19,16 @@ class Order(faust.Record, serializer="json"):
     amount: int
 
 
-app = service.App(os.environ.get("ORDERS_APP_ID", "orders"))
+if os.environ.get("ORDERS_ON_STOCK_FAUST"):  # the app before the move (the migration test)
+    app = faust.App(
+        os.environ.get("ORDERS_APP_ID", "orders"),
+        broker="kafka://" + os.environ["SLUICE_BROKERS"],
+        store="memory://",
+        topic_partitions=int(os.environ.get("SLUICE_TOPIC_PARTITIONS", "4")),
+        datadir=os.environ["SLUICE_DATA_DIR"],
+    )
+else:
+    app = service.App(os.environ.get("ORDERS_APP_ID", "orders"))
 orders_topic = app.topic(os.environ.get("ORDERS_TOPIC", "orders"), value_type=Order)
 customer_totals = app.Table("customer_totals", default=int)
 
