@@ -111,3 +111,15 @@ def test_data_dir_of_another_app_is_refused(tmp_path: Path) -> None:
     claim_data_dir(tmp_path, "one")
     with pytest.raises(StateError, match="belongs to SLUICE_APP_ID='one'"):
         claim_data_dir(tmp_path, "two")
+
+
+def test_the_row_cache_stays_within_its_byte_bound(tmp_path: Path) -> None:
+    part = TablePartition(SPEC, 0, PartitionStore(tmp_path / "big"), cache_bytes=64 * 1024)
+    for i in range(2_000):  # rows of ~1 KB each: 2 MB persisted, far over the 64 KB bound
+        part.write(f"k{i}", "x" * 1_000, origin(i))
+    records = list(part.changelog_records())
+    part.persist(records, len(records))
+    for i in range(2_000):
+        assert part.get(f"k{i}") == "x" * 1_000
+        assert part._cached_bytes <= 64 * 1024
+    assert 0 < len(part._cache) < 2_000
