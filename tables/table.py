@@ -105,10 +105,11 @@ class TablePartition:
         self._cached_bytes = 0
 
     def _remember(self, key: str, row: Row | None, size: int) -> None:
-        if len(self._cache) >= self.cache_rows or self._cached_bytes + size > self.cache_bytes:
+        cost = size + 64  # the encoded row and the entry around it
+        if len(self._cache) >= self.cache_rows or self._cached_bytes + cost > self.cache_bytes:
             self.forget_cache()  # cheap and rare: the working set refills it
         self._cache[key] = row
-        self._cached_bytes += size + 64
+        self._cached_bytes += cost
 
     # ------------------------------------------------------------------ writes
 
