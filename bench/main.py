@@ -116,6 +116,8 @@ def _tree_version() -> str:
 
 
 def run(sizes: Sizes, *, profile: bool, keep: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    if profile and not Path(sys.executable).with_name("py-spy").exists():  # before 20 minutes of runs
+        raise BenchError("py-spy is not installed (make setup installs it), or run with --no-profile")
     workdir = Path(tempfile.mkdtemp(prefix="sluice-bench-"))
     log(f"workdir {workdir}; generating data ...")
     lines = vocabulary_lines(sizes.main_lines)
@@ -260,8 +262,11 @@ def run(sizes: Sizes, *, profile: bool, keep: bool, log: Callable[[str], None]) 
         if profile:
             log("profiling one more sluice wordcount run with py-spy (not a measurement)")
             raw_profile = workdir / "profile.txt"
-            run_wordcount(bootstrap, main, workdir, profile=raw_profile)
-            profile_summary = summarise(raw_profile)
+            try:
+                run_wordcount(bootstrap, main, workdir, profile=raw_profile)
+                profile_summary = summarise(raw_profile)
+            except BenchError as exc:  # the measurements stand without it
+                log(f"  no profile: {exc}")
             if keep:
                 log(f"  raw profile: {raw_profile}")
     finally:
