@@ -75,6 +75,15 @@ def engine_for(
     return Engine(loaded, workload, Metrics(process=False)), workload  # type: ignore[arg-type]
 
 
+async def running(engine: Engine) -> tuple[asyncio.Task[None], Any]:
+    """Start ``engine`` and its ``run()`` loop; return the task and the engine's consumer."""
+    await engine.start()
+    run = asyncio.create_task(engine.run())
+    consumer = engine.rt.consumer
+    assert consumer is not None
+    return run, consumer
+
+
 async def stop_engine(engine: Engine, run: asyncio.Task[None]) -> BaseException | None:
     """Stop ``engine`` (its ``run()`` task) and close it; what ``run()`` raised, if anything."""
     engine.request_stop()

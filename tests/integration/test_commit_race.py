@@ -19,7 +19,7 @@ import pytest
 from aiokafka import TopicPartition
 
 from service.devbroker import LocalCluster
-from tests.enginekit import engine_for, stop_engine, until
+from tests.enginekit import engine_for, running, stop_engine, until
 from tests.harness import produce_records
 
 pytestmark = pytest.mark.integration
@@ -31,12 +31,9 @@ async def test_a_revocation_between_fetch_and_processing_commits_only_what_was_p
     engine, workload = engine_for(kafka.bootstrap_servers, tmp_path, commit_interval_ms=100)
     topic = workload.topic
     tp = TopicPartition(topic, 0)
-    await engine.start()
-    run = asyncio.create_task(engine.run())
+    run, consumer = await running(engine)
     try:
         await produce_records(kafka.bootstrap_servers, topic, [(0, None, b"x%d" % i) for i in range(100)])
-        consumer = engine.rt.consumer
-        assert consumer is not None
 
         async def committed_100() -> bool:
             return await consumer.committed(tp) == 100

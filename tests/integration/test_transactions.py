@@ -13,7 +13,6 @@ real broker: the real engine and consumer with a workload that has no effects
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from service.devbroker import LocalCluster
 from service.engine.fencing import transaction_timeout_ms, transactional_id
 from service.kafka.client_config import client_kwargs
 from tables.offsets import OFFSETS
-from tests.enginekit import engine_for, equals, stop_engine, until
+from tests.enginekit import engine_for, equals, running, stop_engine, until
 from tests.harness import produce_records
 
 pytestmark = pytest.mark.integration
@@ -40,10 +39,7 @@ async def test_exactly_once_batch_dropped_after_a_stall_leaves_no_transaction_op
         kafka.bootstrap_servers, tmp_path, commit_interval_ms=100, processing_guarantee="exactly_once"
     )
     tp = TopicPartition(workload.topic, 0)
-    await engine.start()
-    run = asyncio.create_task(engine.run())
-    consumer = engine.rt.consumer
-    assert consumer is not None
+    run, consumer = await running(engine)
     try:
         await produce(kafka, workload.topic, b"a", 10)
         await until(lambda: equals(consumer.committed(tp), 10), 60, "10 committed")
@@ -74,10 +70,7 @@ async def test_a_transaction_left_open_on_the_offsets_changelog_does_not_stop_th
     first, workload = engine_for(kafka.bootstrap_servers, tmp_path / "a", commit_interval_ms=100)
     app = first.settings.app_id
     tp = TopicPartition(workload.topic, 0)
-    await first.start()
-    run = asyncio.create_task(first.run())
-    consumer = first.rt.consumer
-    assert consumer is not None
+    run, consumer = await running(first)
     other: AIOKafkaProducer | None = None
     try:
         await produce(kafka, workload.topic, b"a", 100)
@@ -99,8 +92,7 @@ async def test_a_transaction_left_open_on_the_offsets_changelog_does_not_stop_th
         await until(lambda: equals(consumer.committed(tp), 150), 60, "150 committed")
         assert await stop_engine(first, run) is None
         second, _ = engine_for(kafka.bootstrap_servers, tmp_path / "b", app=app, commit_interval_ms=100)
-        await second.start()
-        run = asyncio.create_task(second.run())
+        run, _ = await running(second)
 
         async def assigned() -> bool:
             return second.fatal is not None or second.state == "running"
@@ -118,10 +110,7 @@ async def test_a_fence_while_still_the_owner_rejoins_and_goes_on(kafka: LocalClu
     engine, workload = engine_for(kafka.bootstrap_servers, tmp_path, commit_interval_ms=100)
     app = engine.settings.app_id
     tp = TopicPartition(workload.topic, 0)
-    await engine.start()
-    run = asyncio.create_task(engine.run())
-    consumer = engine.rt.consumer
-    assert consumer is not None
+    run, consumer = await running(engine)
     try:
         await produce(kafka, workload.topic, b"a", 10)
         await until(lambda: equals(consumer.committed(tp), 10), 60, "10 committed")
