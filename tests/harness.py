@@ -319,6 +319,12 @@ class Stack:
 
         wait_until(zero, timeout, f"group {self.app_id} caught up", watched)
 
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
     def stop_all(self) -> None:
         for w in self.workers:
             if w.alive():

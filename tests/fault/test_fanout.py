@@ -72,11 +72,8 @@ def dead_letters(stack: Stack) -> list[Record]:
 
 @pytest.fixture
 def stack(kafka: LocalCluster, tmp_path: Path) -> Iterator[Stack]:
-    s = Stack(kafka.bootstrap_servers, tmp_path, jobs=("wordcount",))
-    try:
+    with Stack(kafka.bootstrap_servers, tmp_path, jobs=("wordcount",)) as s:
         yield s
-    finally:
-        s.stop_all()
 
 
 def test_one_line_with_100k_distinct_words_is_counted_without_a_crash(stack: Stack) -> None:

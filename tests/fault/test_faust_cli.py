@@ -47,11 +47,9 @@ LINES = 40_000
 @pytest.fixture
 def stack(kafka: LocalCluster, tmp_path: Path) -> Iterator[Stack]:
     # 4 x 600 lines/s: the backlog takes ~17 s, so each kill lands part-way through it.
-    s = Stack(kafka.bootstrap_servers, tmp_path, jobs=("wordcount",), SLUICE_MAX_RATE_PER_PARTITION="600")
-    try:
+    paced = {"SLUICE_MAX_RATE_PER_PARTITION": "600"}
+    with Stack(kafka.bootstrap_servers, tmp_path, jobs=("wordcount",), **paced) as s:
         yield s
-    finally:
-        s.stop_all()
 
 
 def committed_lines(stack: Stack) -> int:

@@ -58,11 +58,8 @@ def tokens(line: str) -> Counter[str]:
 
 @pytest.fixture
 def stack(kafka: LocalCluster, tmp_path: Path) -> Iterator[Stack]:
-    s = Stack(kafka.bootstrap_servers, tmp_path, jobs=("wordcount",), SLUICE_MAX_BATCH="50")
-    try:
+    with Stack(kafka.bootstrap_servers, tmp_path, jobs=("wordcount",), SLUICE_MAX_BATCH="50") as s:
         yield s
-    finally:
-        s.stop_all()
 
 
 def send_round(stack: Stack, seed: int, truth: Counter[str]) -> None:

@@ -37,11 +37,8 @@ VOCAB = [f"w{i}" for i in range(50)] + ["the", "café"]
 
 @pytest.fixture
 def stack(kafka: LocalCluster, tmp_path: Path) -> Iterator[Stack]:
-    s = Stack(kafka.bootstrap_servers, tmp_path, jobs=("wordcount",))
-    try:
+    with Stack(kafka.bootstrap_servers, tmp_path, jobs=("wordcount",)) as s:
         yield s
-    finally:
-        s.stop_all()
 
 
 def lines_of(seed: int, n: int) -> list[str]:

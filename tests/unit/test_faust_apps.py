@@ -18,30 +18,10 @@ import orjson
 import pytest
 
 import service
-from service.kafka.murmur2 import partition_for_key
 from tests.apps import clicks, orders, pageviews
+from tests.seam import placed, rows, skipped
 
 PARTITIONS = 4
-
-
-def skipped(table: Any) -> int:
-    """Updates the table's guard refused (replays) over every partition of the test context."""
-    return sum(part.duplicates_skipped for part in table.partitions_here.values())
-
-
-def rows(table: Any) -> dict[str, Any]:
-    """Every live row of the test context's partitions, as stored (keys as Faust stores them)."""
-    out: dict[str, Any] = {}
-    for part in table.partitions_here.values():
-        for key, row in part.rows():
-            if not key.startswith("\x00") and not row.deleted:
-                out[key] = row.value
-    return out
-
-
-def placed(key: str) -> int:
-    """The partition a Kafka producer puts ``key`` in (murmur2, as the Java client)."""
-    return partition_for_key(key.encode(), PARTITIONS)
 
 
 @pytest.fixture(autouse=True)

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 import service
-from service.kafka.murmur2 import partition_for_key
 from tests.apps import surface
+from tests.seam import placed, rows, skipped
 
 PARTITIONS = 4
 
@@ -25,25 +25,6 @@ def _fresh_app() -> Iterator[None]:
     importlib.reload(surface)
     assert surface.app.conf.topic_partitions == PARTITIONS, "SLUICE_TOPIC_PARTITIONS: default 4"
     yield
-
-
-def placed(key: str) -> int:
-    """The partition a Kafka producer puts ``key`` in (murmur2, as the Java client)."""
-    return partition_for_key(key.encode(), PARTITIONS)
-
-
-def rows(table: Any) -> dict[str, Any]:
-    """Every live row of the test context's partitions, as stored."""
-    out: dict[str, Any] = {}
-    for part in table.partitions_here.values():
-        for key, row in part.rows():
-            if not key.startswith("\x00") and not row.deleted:
-                out[key] = row.value
-    return out
-
-
-def skipped(table: Any) -> int:
-    return sum(part.duplicates_skipped for part in table.partitions_here.values())
 
 
 async def put_reading(ctx: Any, sensor: str, value: int, ts: float, offset: int) -> None:
