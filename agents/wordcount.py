@@ -77,8 +77,7 @@ def register(app: App, settings: Settings) -> tuple[Any, Any]:
         """Each line's words, to the partition that owns each word."""
         async for values in stream.take(batch, within=1.0):
             for value in values:  # each line's event is current in turn: its sends carry its origin
-                for word, n in words_of(value, limit).items():
-                    await words.send(key=word, value=n)
+                await words.send_many(words_of(value, limit).items())
 
     @app.agent(words, name="wordcount-count", job="wordcount", origin_tag="")
     async def count(stream: Any) -> None:

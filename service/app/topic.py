@@ -19,7 +19,7 @@ sluice options of ``app.topic(...)``:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -191,19 +191,7 @@ class SluiceTopic(Topic):
                 value = value.to_representation()
             target = partition if partition is not None else (self._place or self._placement())(key_text)
             ts = unit.origin.timestamp_ms if timestamp is None else int(timestamp * 1000)
-            packed = unit.packed
-            if packed is None:
-                packed = unit.packed = {}
-            targets = packed.get(self)
-            if targets is None:
-                targets = packed[self] = {}
-            groups = targets.get(target)
-            if groups is None:
-                targets[target] = [[ts, [[key_text, value, index]]]]
-            elif groups[-1][0] == ts:
-                groups[-1][1].append([key_text, value, index])
-            else:
-                groups.append([ts, [[key_text, value, index]]])
+            self._run(unit, target, ts).append([key_text, value, index])
             return _SENT or _sent()
         kb = self.encode_key(key, key_serializer)
         vb = self.encode_value(value, value_serializer)
@@ -214,6 +202,57 @@ class SluiceTopic(Topic):
         encoded = [(k, v.encode() if isinstance(v, str) else v) for k, v in extra]
         unit.outbox.append((self.name, partition, kb, vb, encoded, index, timestamp))
         return _SENT or _sent()
+
+    def send_many(self, items: Iterable[tuple[Any, Any]]) -> Awaitable[Any]:
+        """``await topic.send(key=k, value=v)`` for each ``(k, v)`` of ``items``, in order, in
+        one call (a sluice extension: Faust has no bulk send).
+
+        The same sends, indexes and guard as one call each; for a packed topic it is the cheap
+        way to send many keys from one event (a line's words): one call instead of one per key,
+        which was most of the cost of stage 1 of a wordcount."""
+        unit = _unit.get()
+        if unit is None or not self.pack:
+            return self._send_each(items)
+        place = self._place or self._placement()
+        ts = unit.origin.timestamp_ms
+        index = unit.sends
+        runs: dict[int, list[list[Any]]] = {}
+        for key, value in items:
+            key_text = key if key.__class__ is str else orjson.dumps(key).decode()
+            if value.__class__ not in _PLAIN and hasattr(value, "to_representation"):
+                value = value.to_representation()
+            target = place(key_text)
+            updates = runs.get(target)
+            if updates is None:
+                updates = runs[target] = self._run(unit, target, ts)
+            updates.append([key_text, value, index])
+            index += 1
+        unit.sends = index
+        return _SENT or _sent()
+
+    async def _send_each(self, items: Iterable[tuple[Any, Any]]) -> None:
+        for key, value in items:
+            await self.send(key=key, value=value)
+
+    def _run(self, unit: Any, target: int, ts: int) -> list[list[Any]]:
+        """The list a unit's next send to ``target`` with timestamp ``ts`` joins (see
+        ``Unit.packed``): the last run's when its timestamp is the same, else a new run's."""
+        packed = unit.packed
+        if packed is None:
+            packed = unit.packed = {}
+        targets = packed.get(self)
+        if targets is None:
+            targets = packed[self] = {}
+        runs = targets.get(target)
+        if runs is None:
+            updates: list[list[Any]] = []
+            targets[target] = [[ts, updates]]
+            return updates
+        if runs[-1][0] == ts:
+            return runs[-1][1]  # type: ignore[no-any-return]
+        updates = []
+        runs.append([ts, updates])
+        return updates
 
     def send_soon(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError("sluice: use `await topic.send(...)` (send_soon bypasses the unit)")
