@@ -142,9 +142,21 @@ def decode(value: bytes, headers: Any, combine: Combine | None) -> Decoded:
         parts = HeaderParts(headers, combine)
         updates = [
             (
-                str(key),
+                key if key.__class__ is str else str(key),
                 payload,
-                Origin(source, _pos(last_at, last_seq), ts, _pos(first_at, first_seq), int(count), parts),
+                Origin(
+                    source,
+                    # _pos's common case inline: two ints as JSON decodes them, per update
+                    [last_at, last_seq]
+                    if last_at.__class__ is int and last_seq.__class__ is int
+                    else _pos(last_at, last_seq),
+                    ts,
+                    [first_at, first_seq]
+                    if first_at.__class__ is int and first_seq.__class__ is int
+                    else _pos(first_at, first_seq),
+                    count if count.__class__ is int else int(count),
+                    parts,
+                ),
             )
             for key, payload, first_at, first_seq, last_at, last_seq, count in doc["c"]
         ]

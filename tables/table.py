@@ -80,12 +80,12 @@ class TablePartition:
     # ------------------------------------------------------------------ reads
 
     def row(self, key: str) -> Row | None:
-        if key in self.pending:
-            return self.pending[key]
-        try:
-            return self._cache[key]
-        except KeyError:
-            pass
+        row: Row | None = self.pending.get(key, MISSING)  # one lookup: a hot key is pending or cached
+        if row is not MISSING:
+            return row
+        row = self._cache.get(key, MISSING)
+        if row is not MISSING:
+            return row
         raw = self.store.get(key.encode())
         row = decode_row(raw)[1] if raw is not None else None
         self._remember(key, row, len(raw) if raw is not None else 0)

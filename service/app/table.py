@@ -28,11 +28,15 @@ from faust import Table
 
 from service.app.units import BadRecord, Redeliver, current_unit
 from service.kafka.murmur2 import partition_for_key
-from tables.positions import DUPLICATE, NEW
+from tables.codec import Row
+from tables.positions import DUPLICATE, NEW, PARTIAL, Origin, verdict
 from tables.table import TablePartition, TableSpec
 
 if TYPE_CHECKING:
     from service.app.units import Unit
+
+
+_PLAIN = (int, float, str, bool, type(None))
 
 
 def window_key(key: str, start: float) -> str:
@@ -92,13 +96,20 @@ class SluiceTable(Table[Any, Any]):
     # ------------------------------------------------------------------ key/value codec
 
     def storage_key(self, key: Any) -> str:
+        if key.__class__ is str and self._text_keys:
+            return key
         if isinstance(key, tuple) and len(key) == 2 and isinstance(key[1], tuple):
             inner, window = key
             return window_key(self._text(inner), window[0])
         return self._text(key)
 
+    @property
+    def _text_keys(self) -> bool:
+        """Whether a ``str`` key is stored as itself (not as JSON)."""
+        return self.raw_keys or self.key_serializer == "raw"
+
     def _text(self, key: Any) -> str:
-        if isinstance(key, str) and (self.raw_keys or self.key_serializer == "raw"):
+        if isinstance(key, str) and self._text_keys:
             return key
         if isinstance(key, bytes):
             try:
@@ -119,11 +130,15 @@ class SluiceTable(Table[Any, Any]):
         return self._text(key).encode()
 
     def to_storage(self, value: Any) -> Any:
+        if value.__class__ in _PLAIN:
+            return value
         return value.to_representation() if hasattr(value, "to_representation") else value
 
     def from_storage(self, value: Any) -> Any:
+        if value.__class__ is not dict:  # only a Record's representation is rebuilt
+            return value
         typ = self.value_type
-        if value is not None and typ is not None and hasattr(typ, "from_data") and isinstance(value, dict):
+        if typ is not None and hasattr(typ, "from_data"):
             return typ.from_data(value)
         return value
 
@@ -163,12 +178,14 @@ class SluiceTable(Table[Any, Any]):
         stored = self.storage_key(key)
         unit = current_unit()
         part = self.partition_for(stored, unit)
+        row = part.row(stored)  # once: the guard's check and the value read the same row
         if unit is not None:
-            self._check_combined(part, stored, unit)
-        value = part.get(stored)
-        if value is None and not part.contains(stored):
+            origin = unit.guarded_by()
+            if origin.first is not None:
+                self._check_combined(origin, row)
+        if row is None or row.deleted:
             return self.__missing__(key)
-        return self.from_storage(value)
+        return self.from_storage(row.value)
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self._write(key, value, deleted=False)
@@ -217,11 +234,10 @@ class SluiceTable(Table[Any, Any]):
             )
         unit.wrote(part, stored, previous)
 
-    def _check_combined(self, part: TablePartition, stored: str, unit: Unit) -> None:
+    def _check_combined(self, origin: Origin, row: Row | None) -> None:
         """A combined event whose parts this row applied only some of: deliver its parts one
         by one (the agent computes from a value that must not include them twice)."""
-        origin = unit.guarded_by()
-        if origin.first is not None and part.verdict(stored, origin) not in (NEW, DUPLICATE):
+        if verdict(origin, row.positions.get(origin.source) if row is not None else None) is PARTIAL:
             raise Redeliver()
 
     def _closed(self, part: TablePartition, stored: str) -> bool:
