@@ -191,15 +191,17 @@ class SluiceTopic(Topic):
                 value = value.to_representation()
             target = partition if partition is not None else (self._place or self._placement())(key_text)
             ts = unit.origin.timestamp_ms if timestamp is None else int(timestamp * 1000)
-            self._run(unit, target, ts).append([key_text, value, index])
+            self._run(unit, target, ts).append((key_text, value, index))
             return _SENT or _sent()
         kb = self.encode_key(key, key_serializer)
         vb = self.encode_value(value, value_serializer)
         if partition is None:
             count = self.app.data_plane.partitions_of(self.name)
             partition = self.partition_of(kb, count, unit.fence + index)
-        extra = list(headers.items()) if isinstance(headers, dict) else list(headers or ())
-        encoded = [(k, v.encode() if isinstance(v, str) else v) for k, v in extra]
+        encoded: Any = ()
+        if headers:
+            extra = headers.items() if isinstance(headers, dict) else headers
+            encoded = [(k, v.encode() if isinstance(v, str) else v) for k, v in extra]
         unit.outbox.append((self.name, partition, kb, vb, encoded, index, timestamp))
         return _SENT or _sent()
 
@@ -216,7 +218,7 @@ class SluiceTopic(Topic):
         place = self._place or self._placement()
         ts = unit.origin.timestamp_ms
         index = unit.sends
-        runs: dict[int, list[list[Any]]] = {}
+        runs: dict[int, list[Any]] = {}
         for key, value in items:
             key_text = key if key.__class__ is str else orjson.dumps(key).decode()
             if value.__class__ not in _PLAIN and hasattr(value, "to_representation"):
@@ -225,7 +227,7 @@ class SluiceTopic(Topic):
             updates = runs.get(target)
             if updates is None:
                 updates = runs[target] = self._run(unit, target, ts)
-            updates.append([key_text, value, index])
+            updates.append((key_text, value, index))  # a tuple: the cheapest to make
             index += 1
         unit.sends = index
         return _SENT or _sent()
@@ -234,7 +236,7 @@ class SluiceTopic(Topic):
         for key, value in items:
             await self.send(key=key, value=value)
 
-    def _run(self, unit: Any, target: int, ts: int) -> list[list[Any]]:
+    def _run(self, unit: Any, target: int, ts: int) -> list[Any]:
         """The list a unit's next send to ``target`` with timestamp ``ts`` joins (see
         ``Unit.packed``): the last run's when its timestamp is the same, else a new run's."""
         packed = unit.packed
@@ -245,7 +247,7 @@ class SluiceTopic(Topic):
             targets = packed[self] = {}
         runs = targets.get(target)
         if runs is None:
-            updates: list[list[Any]] = []
+            updates: list[Any] = []
             targets[target] = [[ts, updates]]
             return updates
         if runs[-1][0] == ts:

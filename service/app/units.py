@@ -115,7 +115,7 @@ class Unit:
         """Plain sends, in order."""
         self.packed: dict[Any, dict[int, list[list[Any]]]] | None = None
         """Sends to packed topics, grouped as they are sent: topic -> target partition ->
-        ``[timestamp, [[key, payload, index], ...]]`` runs in send order (so the outbox takes a
+        ``[timestamp, [(key, payload, index), ...]]`` runs in send order (so the outbox takes a
         unit's sends per target, not per send: a line's fifteen words are one entry each)."""
         self.dirty: set[TablePartition] | None = None
         self.raw: Any = _UNCHANGED
