@@ -43,6 +43,7 @@ from service.engine.incarnations import Incarnations
 from service.engine.progress import UNKNOWN
 from service.engine.runtime import Runtime
 from service.engine.workload import Workload
+from service.gctune import BatchCollector
 from service.kafka.client_config import client_kwargs
 from service.metrics import Metrics
 from service.settings import Settings
@@ -63,6 +64,7 @@ class Engine:
         self.rt = Runtime(settings, metrics, workload, PartitionProducers(settings), Incarnations(settings))
         self.durability = Durability(self.rt)
         self.batches = Batches(self.rt, self.durability, self._stalled, self._drop)
+        self._collector = BatchCollector()
         self.assignor = CopartitionedAssignor(settings.standby_replicas, url)
         self.assignments: Assignments | None = None
         self.state = "starting"
@@ -192,6 +194,8 @@ class Engine:
                             self._drop("stalled before commit")
                         else:
                             await self.durability.commit()
+                del fetched, fetch
+                self._collector.batch_done()  # the batch's objects are freed: a cheap collection
             self._raise_fatal()
             async with self._lock:
                 await self.durability.commit()

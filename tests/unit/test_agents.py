@@ -269,3 +269,54 @@ async def test_a_restart_after_a_setup_failure_adds_the_rest_of_the_chain() -> N
 
     await run_count_agent(fun, ([500, -1, 3], ["a", "a", "a"]), settle=0.7)
     assert passed == [3]
+
+
+async def test_a_take_list_lets_go_of_its_units_when_the_agent_takes_the_next() -> None:
+    """The units behind a take list (their sends, rows, origins) are let go when the agent asks
+    for the next list, though the agent still holds the old one; the old list still iterates."""
+    app = app_for("wordcount")
+    agent = app.agents["wordcount"]
+    original = agent.fun
+    held: list[Any] = []
+
+    async def holding(stream: Any) -> None:
+        async for values in stream.take(100, within=1.0):
+            held.append(values)
+            assert len(values._units) == len(values)  # in flight: each value has its unit
+            for _value in values:
+                pass
+
+    agent.fun = holding
+    try:
+        async with agent.test_context() as ctx:
+            await ctx.put_many([b"a b", b"c"], partition=0)  # done: the agent waits for the next
+            assert held[0]._units == []
+            await ctx.put_many([b"d"], partition=0)
+    finally:
+        agent.fun = original
+    assert [len(values) for values in held] == [2, 1] and held[1]._units == []
+    assert ctx.dead_letters == []
+    assert list(held[0]) == [b"a b", b"c"]  # iterating a done list: its values, no current event
+
+
+def test_batch_collector_collects_a_batch_s_cyclic_garbage_at_its_end() -> None:
+    import gc
+    import weakref
+
+    from service.gctune import GC_THRESHOLD, BatchCollector
+
+    class Node:
+        other: Any = None
+
+    thresholds = gc.get_threshold()
+    gc.set_threshold(*GC_THRESHOLD)
+    try:
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        gone = weakref.ref(a)
+        del a, b
+        assert gone() is not None  # a cycle: reference counting alone does not free it
+        BatchCollector().batch_done()
+        assert gone() is None
+    finally:
+        gc.set_threshold(*thresholds)
