@@ -43,8 +43,12 @@ import orjson
 from tables.offsets import source_key
 from tables.positions import Origin
 
-MAX_REPARTITION_RECORD = 256 * 1024
-"""Bytes per repartition record (value and header) before a batch's entries are split."""
+MAX_REPARTITION_RECORD = 900 * 1024
+"""Bytes per repartition record (value and header) before a batch's entries are split: under a
+broker's default ``message.max.bytes`` (1 MiB) and the producer's batch size, and as large as
+that allows, because a split record is folded on its own — at 256 KiB the parts header of a
+10,000-line wordcount batch split it four ways and the counting agent saw 2.3 updates a line
+instead of 1.2."""
 
 PARTS_HEADER = "sluice.parts"
 

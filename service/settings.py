@@ -125,7 +125,13 @@ class Settings(BaseSettings):
         description="How often changed rows are made durable (changelog, then local RocksDB) and "
         "the offsets of the batches behind them committed.",
     )
-    max_batch: int = Field(default=2000, ge=1, le=1_000_000, description="Most records taken from one fetch.")
+    max_batch: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="Most records taken from one fetch (a batch: folded per key, made durable and "
+        "committed together; larger batches fold more and cost less per record).",
+    )
     max_record_bytes: int = Field(
         default=1_048_576, ge=16, description="Larger input values go to dead letters as oversized."
     )

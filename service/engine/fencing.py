@@ -69,8 +69,10 @@ def transactional_id(app_id: str, number: int) -> str:
 
 def producer_kwargs() -> dict[str, object]:
     """What every producer of the worker shares: acknowledged by every in-sync replica, no
-    duplicates from retries, large batches (the engine builds them itself)."""
-    return {"acks": "all", "enable_idempotence": True, "max_batch_size": 512 * 1024, "linger_ms": 2}
+    duplicates from retries, large batches (the engine builds them itself): one holds a
+    repartition record of up to :data:`service.repartition.MAX_REPARTITION_RECORD` and stays
+    under a broker's default ``message.max.bytes`` (1 MiB)."""
+    return {"acks": "all", "enable_idempotence": True, "max_batch_size": 1_000_000, "linger_ms": 2}
 
 
 class PartitionProducers:
