@@ -11,10 +11,13 @@ moved them to the older generations, to be walked again there. Measured with ``p
 nearly all of it triggered mid-batch, with thresholds of (50000, 20, 100). (CPython's defaults,
 700/10/10, cost about half the CPU of the same path.)
 
-So the automatic collector only stands by (a threshold no batch reaches), and the engine
-collects between batches, when the batch's objects are already freed: the young generation
-after each batch, the middle one every :data:`OLD_EVERY` batches, everything every
-:data:`FULL_EVERY`. Cyclic garbage lives at most one batch longer than it would have.
+So the automatic collector only stands by (a threshold only a very large batch reaches), and
+the engine collects between batches, when the batch's sends and units are freed (a done unit
+lets go of them, :meth:`service.app.units.Unit.release`): the young generation after each
+batch (an idle worker's empty fetches count: at least every 0.5 s), the middle one every
+:data:`OLD_EVERY` batches, everything every :data:`FULL_EVERY`. Cyclic garbage that is still
+referenced when a young collection runs waits for the next collection of its generation (up to
+:data:`OLD_EVERY` or :data:`FULL_EVERY` batches), as it would with CPython's own schedule.
 """
 
 from __future__ import annotations

@@ -128,6 +128,7 @@ class Feed:
                 assert outbox is not None, f"feed {self.name}: a unit finished outside a batch"
                 for unit in units:
                     outbox.take(unit)
+                    unit.release()
         finally:
             if self.shared:
                 busy = self._busy

@@ -48,12 +48,8 @@ class EventList(list[Any]):
         self._stream = stream
 
     def __iter__(self) -> Iterator[Any]:
-        units = self._units
-        if not units:  # a list whose events are done (the agent took the next one)
-            yield from list.__iter__(self)
-            return
         stream = self._stream
-        for value, unit in zip(list.__iter__(self), units, strict=True):
+        for value, unit in zip(list.__iter__(self), self._units, strict=True):
             stream._enter(unit)
             yield value
 
@@ -209,10 +205,6 @@ class SluiceStream(Stream[Any]):
             self.events_total += len(units)
             yield units
             self.finish(True)
-            # Done: the agent holds its list until the next one, but not the units behind it
-            # (their sends and rows), which would otherwise survive into the next batch and
-            # cost every young collection a walk over them (see service.gctune).
-            units.clear()
 
     async def _process(self, units: list[Unit]) -> list[Unit]:
         """Run the processors over a take's units; the ones a processor skips are done. All are

@@ -170,6 +170,15 @@ class Unit:
         """The origin of this unit's ``index``-th send: the event's, one level deeper."""
         return Origin(self.send_source(), [*self.origin.position, index], self.origin.timestamp_ms)
 
+    def release(self) -> None:
+        """The unit is done and its effects are the batch's: let go of its sends and undo
+        entries. The agent may hold its event (a take list lives until the next one), and
+        whatever a unit holds past its batch is walked by every young collection of the
+        garbage collector (see :mod:`service.gctune`): for a wordcount line, its words."""
+        self.packed = None
+        self.outbox.clear()
+        self.undo.clear()
+
     def rollback(self) -> None:
         for table, key, previous in reversed(self.undo):
             table.restore_pending(key, previous)

@@ -271,32 +271,39 @@ async def test_a_restart_after_a_setup_failure_adds_the_rest_of_the_chain() -> N
     assert passed == [3]
 
 
-async def test_a_take_list_lets_go_of_its_units_when_the_agent_takes_the_next() -> None:
-    """The units behind a take list (their sends, rows, origins) are let go when the agent asks
-    for the next list, though the agent still holds the old one; the old list still iterates."""
+async def test_a_done_take_list_keeps_its_events_but_not_their_sends() -> None:
+    """When the agent takes the next list, the units behind the last one let go of their sends
+    and undo entries (they would survive into the next batch, see service.gctune), and keep
+    their events: the old list still iterates with each event current, as in Faust."""
     app = app_for("wordcount")
     agent = app.agents["wordcount"]
     original = agent.fun
+    words = app.agents["wordcount-count"].channel
     held: list[Any] = []
+    current: list[Any] = []
 
     async def holding(stream: Any) -> None:
         async for values in stream.take(100, within=1.0):
+            for value in held[-1] if held else ():
+                current.append((value, stream.current_event.value))
             held.append(values)
-            assert len(values._units) == len(values)  # in flight: each value has its unit
-            for _value in values:
-                pass
+            for value in values:
+                current.append((value, stream.current_event.value))
+                await words.send_many((word, 1) for word in value.decode().split())
 
     agent.fun = holding
     try:
         async with agent.test_context() as ctx:
-            await ctx.put_many([b"a b", b"c"], partition=0)  # done: the agent waits for the next
-            assert held[0]._units == []
+            await ctx.put_many([b"a b", b"c"], partition=0)
+            units = list(held[0]._units)
+            assert len(units) == 2
+            assert all(u.packed is None and u.outbox == [] and u.undo == [] for u in units)
             await ctx.put_many([b"d"], partition=0)
     finally:
         agent.fun = original
-    assert [len(values) for values in held] == [2, 1] and held[1]._units == []
     assert ctx.dead_letters == []
-    assert list(held[0]) == [b"a b", b"c"]  # iterating a done list: its values, no current event
+    assert sorted(u[0] for s in ctx.sent for u in s.value["c"]) == ["a", "b", "c", "d"]
+    assert current == [(b"a b", b"a b"), (b"c", b"c"), (b"a b", b"a b"), (b"c", b"c"), (b"d", b"d")]
 
 
 def test_batch_collector_collects_a_batch_s_cyclic_garbage_at_its_end() -> None:
