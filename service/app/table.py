@@ -135,7 +135,7 @@ class SluiceTable(Table[Any, Any]):
         return value.to_representation() if hasattr(value, "to_representation") else value
 
     def from_storage(self, value: Any) -> Any:
-        if value.__class__ is not dict:  # only a Record's representation is rebuilt
+        if value.__class__ is not dict and not isinstance(value, dict):  # only a Record's is rebuilt
             return value
         typ = self.value_type
         if typ is not None and hasattr(typ, "from_data"):

@@ -27,14 +27,31 @@ import orjson
 from faust import Topic
 
 from service.app.events import message
+from service.app.units import BadRecord
 from service.app.units import _current as _unit
 from service.kafka.murmur2 import partition_for_key
+from service.repartition import MAX_REPARTITION_RECORD
 
 if TYPE_CHECKING:
     from faust.types import Message
 
 _SENT: asyncio.Future[Any] | None = None
 _PLAIN = (int, float, str, list, dict, bool, type(None))
+_SCALAR = (int, float, bool, type(None))
+_SMALL_KEY = 16_384
+"""Characters of a packed send's key below which, with a scalar value, the update surely fits
+a repartition record (no need to measure it)."""
+
+
+def _refuse_oversized(key: str, value: Any) -> None:
+    """Refuse a packed send whose update cannot travel in one repartition record (a combined
+    record carries it twice: the folded update and its part), as the event's bad input: it is
+    dead-lettered, instead of failing its whole batch at the end, again after every restart."""
+    if len(key) <= _SMALL_KEY and value.__class__ is str and len(value) <= _SMALL_KEY:
+        return
+    size = 2 * len(orjson.dumps([key, value, 0]))
+    if size > MAX_REPARTITION_RECORD - 1024:
+        raise BadRecord("oversized_fanout", f"one update needs {size} of {MAX_REPARTITION_RECORD} bytes")
 
 
 def _sent() -> asyncio.Future[Any]:
@@ -189,6 +206,8 @@ class SluiceTopic(Topic):
             key_text = key if key.__class__ is str else orjson.dumps(key).decode()
             if value.__class__ not in _PLAIN and hasattr(value, "to_representation"):
                 value = value.to_representation()
+            if len(key_text) > _SMALL_KEY or value.__class__ not in _SCALAR:
+                _refuse_oversized(key_text, value)
             target = partition if partition is not None else (self._place or self._placement())(key_text)
             ts = unit.origin.timestamp_ms if timestamp is None else int(timestamp * 1000)
             self._run(unit, target, ts).append((key_text, value, index))
@@ -213,23 +232,28 @@ class SluiceTopic(Topic):
         way to send many keys from one event (a line's words): one call instead of one per key,
         which was most of the cost of stage 1 of a wordcount."""
         unit = _unit.get()
-        if unit is None or not self.pack:
+        if unit is None:
             return self._send_each(items)
+        if not self.pack:
+            for key, value in items:
+                self.send(key=key, value=value)  # in a unit: recorded at once, as a send is
+            return _SENT or _sent()
         place = self._place or self._placement()
         ts = unit.origin.timestamp_ms
-        index = unit.sends
         runs: dict[int, list[Any]] = {}
         for key, value in items:
+            index = unit.sends  # per item, as a send does: an item that raises used its index
+            unit.sends = index + 1
             key_text = key if key.__class__ is str else orjson.dumps(key).decode()
             if value.__class__ not in _PLAIN and hasattr(value, "to_representation"):
                 value = value.to_representation()
+            if len(key_text) > _SMALL_KEY or value.__class__ not in _SCALAR:
+                _refuse_oversized(key_text, value)
             target = place(key_text)
             updates = runs.get(target)
             if updates is None:
                 updates = runs[target] = self._run(unit, target, ts)
             updates.append((key_text, value, index))  # a tuple: the cheapest to make
-            index += 1
-        unit.sends = index
         return _SENT or _sent()
 
     async def _send_each(self, items: Iterable[tuple[Any, Any]]) -> None:

@@ -4,6 +4,7 @@ topic is packed, packed and combined, or plain; and mixed with single sends in o
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import types
 from typing import Any
@@ -77,3 +78,77 @@ async def test_send_many_sends_what_one_send_per_item_sends(kind: str) -> None:
         assert sorted(parts) == sorted(
             (at, key, value, seq) for at in (0, 1) for seq, (key, value) in enumerate(expected)
         )
+
+
+async def test_an_item_that_raises_keeps_the_indexes_of_one_send_per_item() -> None:
+    """An iterable that fails after two items, caught by the agent, then one more send: the
+    indexes are those of one send per item (0, 1, then 2 — not 0 again)."""
+    app = service.App("unit-send-many", sluice_settings=load_settings(app_id="unit-send-many"))
+    out = app.topic("out", key_type=str, value_type=int, internal=True, combine=operator.add)
+    lines = app.topic("lines", value_type=bytes, value_serializer="raw")
+
+    def failing() -> Any:
+        yield ("x", 1)
+        yield ("y", 1)
+        raise ValueError("the third item cannot be made")
+
+    @app.agent(lines, name="sender")
+    async def sender(stream: Any) -> None:
+        async for _line in stream:
+            with contextlib.suppress(ValueError):
+                await out.send_many(failing())
+            await out.send(key="x", value=1)
+
+    async with sender.test_context() as ctx:
+        await ctx.put(b"one", partition=1, offset=5)
+    parts = sorted(
+        (key, seq)
+        for s in ctx.sent
+        for _at, _ts, ups in orjson.loads(s.headers["sluice.parts"])
+        for key, _v, seq in ups
+    )
+    assert parts == [("x", 0), ("x", 2), ("y", 1)]
+
+
+async def test_send_many_to_a_plain_topic_in_an_agent_is_recorded_without_await() -> None:
+    app = service.App("unit-send-many", sluice_settings=load_settings(app_id="unit-send-many"))
+    out = app.topic("out", key_type=str, value_type=int)
+    lines = app.topic("lines", value_type=bytes, value_serializer="raw")
+
+    @app.agent(lines, name="sender")
+    async def sender(stream: Any) -> None:
+        async for _line in stream:
+            out.send_many([("a", 1), ("b", 2)])  # not awaited: recorded all the same, as send is
+
+    async with sender.test_context() as ctx:
+        await ctx.put(b"one", partition=0, offset=3)
+    assert [(s.key, s.value) for s in ctx.sent] == [(b"a", 1), (b"b", 2)]
+
+
+@pytest.mark.parametrize("bulk", [False, True])
+async def test_an_update_too_large_for_a_record_dead_letters_its_event(bulk: bool) -> None:
+    """A key no repartition record can carry: the event is dead-lettered as oversized_fanout
+    (none of its sends go out) and the next event goes through — instead of the whole batch
+    failing when it is encoded, again after every restart."""
+    app = service.App("unit-send-many", sluice_settings=load_settings(app_id="unit-send-many"))
+    out = app.topic("out", key_type=str, value_type=int, internal=True, combine=operator.add)
+    lines = app.topic("lines", value_type=bytes, value_serializer="raw")
+
+    @app.agent(lines, name="sender")
+    async def sender(stream: Any) -> None:
+        async for line in stream:
+            items = [("small", 1), (line.decode(), 1)]
+            if bulk:
+                await out.send_many(items)
+            else:
+                for key, value in items:
+                    await out.send(key=key, value=value)
+
+    huge = b"w" * 600_000
+    async with sender.test_context() as ctx:
+        await ctx.put_many([huge, b"fine"], partition=0)
+    [letter] = ctx.dead_letters
+    assert letter.headers["sluice.reason"] == b"oversized_fanout"
+    assert letter.headers["sluice.source.offset"] == b"0"
+    keys = sorted(u[0] for s in ctx.sent for u in s.value["c"])
+    assert keys == ["fine", "small"]  # the bad event's "small" was rolled back with it
