@@ -73,18 +73,27 @@ def encode(
     :data:`MAX_REPARTITION_RECORD`; ``clock`` (``(w, o)``) rides on the last one, so that no
     update of the batch reaches a table partition after the clock that follows it."""
     value, headers = _record(source, entries, combine, clock)
-    if len(value) + sum(len(v) for _, v in headers) <= MAX_REPARTITION_RECORD:
+    size = len(value) + sum(len(v) for _, v in headers)
+    if size <= MAX_REPARTITION_RECORD:
         return [(value, headers)]
+    # Cut into as many pieces as the size says (with room to spare) at once, not in halves: a
+    # record is folded and encoded again at every level of halving.
+    pieces = -(-size * 5 // (MAX_REPARTITION_RECORD * 4))
     if len(entries) > 1:
-        half = len(entries) // 2
-        first, second = entries[:half], entries[half:]
+        step = -(-len(entries) // min(pieces, len(entries)))
+        chunks = [entries[i : i + step] for i in range(0, len(entries), step)]
     else:
         offset, ts, updates = entries[0]
         if len(updates) <= 1:
             raise OversizedUpdate(f"one update needs {len(value)} bytes")
-        half = len(updates) // 2
-        first, second = [[offset, ts, updates[:half]]], [[offset, ts, updates[half:]]]
-    return encode(source, first, combine, None) + encode(source, second, combine, clock)
+        step = -(-len(updates) // min(pieces, len(updates)))
+        chunks = [[[offset, ts, updates[i : i + step]]] for i in range(0, len(updates), step)]
+    last = len(chunks) - 1
+    return [
+        piece
+        for i, chunk in enumerate(chunks)
+        for piece in encode(source, chunk, combine, clock if i == last else None)
+    ]
 
 
 def _record(
