@@ -132,6 +132,13 @@ class Settings(BaseSettings):
         description="Most records taken from one fetch (a batch: folded per key, made durable and "
         "committed together; larger batches fold more and cost less per record).",
     )
+    max_batch_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description="Most bytes of record keys and values in one batch (at least one record): "
+        "a batch of large records is cut short, so that no batch keeps the event loop busy for "
+        "long (heartbeats and the stall check wait for it).",
+    )
     max_record_bytes: int = Field(
         default=1_048_576, ge=16, description="Larger input values go to dead letters as oversized."
     )

@@ -180,3 +180,27 @@ class Batches:
 
         asyncio.get_running_loop().call_later(self._limiter.wait(tp), resume)
         return records[:taken]
+
+
+def within_bytes(consumer: Any, fetched: dict[TopicPartition, list[Any]], budget: int) -> None:
+    """Keep the first ``budget`` bytes of keys and values of a fetch (at least one record) and
+    seek the rest back (``SLUICE_MAX_BATCH_BYTES``): a batch is processed without yielding the
+    event loop, and its time grows with its bytes, not its record count (a thousand 1 KB lines
+    cost ten times as much as a thousand 100-byte ones), while heartbeats and the stall check
+    wait."""
+    used = 0
+    for tp in list(fetched):
+        records = fetched[tp]
+        keep = 0
+        for record in records:
+            size = max(record.serialized_value_size, 0) + max(record.serialized_key_size, 0)
+            if used and used + size > budget:
+                break
+            used += size
+            keep += 1
+        if keep < len(records):
+            consumer.seek(tp, records[keep].offset)
+            if keep:
+                fetched[tp] = records[:keep]
+            else:
+                del fetched[tp]

@@ -35,7 +35,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from service.engine import background
 from service.engine.assignment import Assignments
 from service.engine.assignor import CopartitionedAssignor
-from service.engine.batch import Batches
+from service.engine.batch import Batches, within_bytes
 from service.engine.deadletters import DeadLetters
 from service.engine.durability import Durability
 from service.engine.fencing import PartitionProducers, producer_kwargs
@@ -227,6 +227,7 @@ class Engine:
         fetched: dict[TopicPartition, list[Any]] = await consumer.getmany(
             timeout_ms=500, max_records=self.settings.max_batch
         )
+        within_bytes(consumer, fetched, self.settings.max_batch_bytes)
         self.rt.progress.fetched(fetched)
         return fetched
 
