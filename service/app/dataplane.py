@@ -30,6 +30,7 @@ from service.engine import Engine
 from service.engine.deadletters import DeadLetters
 from service.gctune import tune_gc
 from service.metrics import Metrics
+from service.repartition import MAX_REPARTITION_RECORD
 from service.settings import Settings
 from service.topics import TopicSpec
 from tables.table import TablePartition
@@ -40,6 +41,10 @@ if TYPE_CHECKING:
     from service.app.topic import SluiceTopic
 
 log = logging.getLogger(__name__)
+
+
+PACKED_MAX_MESSAGE_BYTES = str(max(1_048_588, MAX_REPARTITION_RECORD + 64 * 1024))
+"""``max.message.bytes`` of packed topics: Kafka's default, or more than a repartition record."""
 
 
 class DataPlane(Service):
@@ -147,7 +152,13 @@ class DataPlane(Service):
             if name in changelogs:  # the engine declares changelogs itself (compacted)
                 continue
             partitions = topic.partitions or n
-            config = {"retention.ms": "-1"} if topic.internal and topic.pack else {}
+            # A packed topic's records are read by sluice only, kept until read, and may be as
+            # large as MAX_REPARTITION_RECORD whatever the broker's own default allows.
+            config = (
+                {"retention.ms": "-1", "max.message.bytes": PACKED_MAX_MESSAGE_BYTES}
+                if topic.internal and topic.pack
+                else {}
+            )
             specs.append(TopicSpec(name, partitions, internal=bool(topic.internal), config=config))
         return specs
 

@@ -106,6 +106,7 @@ def test_repartition_topic_is_kept_and_purged_below_the_commit(stack: Stack) -> 
     repartition = stack.repartition("wordcount")
     configs = asyncio.run(topic_configs(stack.bootstrap, repartition))
     assert configs.get("retention.ms") == "-1", configs
+    assert configs.get("max.message.bytes") == "1048588", configs  # set: not the broker default
     assert configs.get("min.insync.replicas") == "1", configs  # min(2, RF 1)
     changelog = f"{stack.app_id}-wordcount-changelog"
     assert asyncio.run(topic_configs(stack.bootstrap, changelog)).get("min.insync.replicas") == "1"
