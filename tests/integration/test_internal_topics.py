@@ -28,7 +28,15 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from service.devbroker import LocalCluster
 from service.kafka.topic_admin import topic_configs as described
-from tests.harness import Stack, changelog_table, create_topic, diff, produce_records, wait_until
+from tests.harness import (
+    Stack,
+    changelog_table,
+    create_topic,
+    diff,
+    produce_records,
+    read_records,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -154,3 +162,18 @@ def test_a_local_copy_past_a_recreated_changelog_is_refused_in_one_line(stack: S
     assert len(errors) == 1 and "the changelog ends at 0" in errors[0], again.tail()
     assert "move the partition's directory out of SLUICE_DATA_DIR" in errors[0]
     assert time.monotonic() - started < 90
+
+
+def test_batches_cut_to_a_tiny_byte_budget_count_exactly(stack: Stack) -> None:
+    """``SLUICE_MAX_BATCH_BYTES=1024``: nearly every fetch is cut and the rest sought back (lines
+    and repartition records alike; a repartition record larger than the budget is a batch of
+    its own): the table is still the Counter of the lines, and nothing is dead-lettered."""
+    lines = lines_of(5, 1500)
+    send(stack, lines)
+    worker = stack.worker("w", SLUICE_MAX_BATCH_BYTES="1024").start()
+    worker.wait_ready()
+    stack.caught_up(alive=[worker], timeout=180)
+    assert worker.kill(signal.SIGTERM) == 0
+    words = changelog_table(stack.bootstrap, stack.app_id, "wordcount")
+    assert words == counted(lines), diff(counted(lines), words)
+    assert asyncio.run(read_records(stack.bootstrap, stack.dead)) == []
