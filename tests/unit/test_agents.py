@@ -306,11 +306,11 @@ async def test_a_done_take_list_keeps_its_events_but_not_their_sends() -> None:
     assert current == [(b"a b", b"a b"), (b"c", b"c"), (b"a b", b"a b"), (b"c", b"c"), (b"d", b"d")]
 
 
-def test_batch_collector_collects_a_batch_s_cyclic_garbage_at_its_end() -> None:
+def test_batch_collector_collects_cyclic_garbage_between_batches() -> None:
     import gc
     import weakref
 
-    from service.gctune import GC_THRESHOLD, BatchCollector
+    from service.gctune import GC_THRESHOLD, YOUNG_EVERY, BatchCollector
 
     class Node:
         other: Any = None
@@ -323,7 +323,9 @@ def test_batch_collector_collects_a_batch_s_cyclic_garbage_at_its_end() -> None:
         gone = weakref.ref(a)
         del a, b
         assert gone() is not None  # a cycle: reference counting alone does not free it
-        BatchCollector().batch_done()
+        collector = BatchCollector()
+        for _ in range(YOUNG_EVERY):
+            collector.batch_done()
         assert gone() is None
     finally:
         gc.set_threshold(*thresholds)
