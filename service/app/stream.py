@@ -48,8 +48,14 @@ class EventList(list[Any]):
         self._stream = stream
 
     def __iter__(self) -> Iterator[Any]:
+        units = self._units
+        if units and units[0].done:
+            # The agent took the next list: these events are committed and none is current
+            # again (a write raises, a send goes out at once, as outside any event).
+            yield from list.__iter__(self)
+            return
         stream = self._stream
-        for value, unit in zip(list.__iter__(self), self._units, strict=True):
+        for value, unit in zip(list.__iter__(self), units, strict=True):
             stream._enter(unit)
             yield value
 

@@ -37,21 +37,11 @@ if TYPE_CHECKING:
 
 _SENT: asyncio.Future[Any] | None = None
 _PLAIN = (int, float, str, list, dict, bool, type(None))
-_SCALAR = (int, float, bool, type(None))
+_I64_MIN, _U64_MAX = -(1 << 63), (1 << 64) - 1
+"""The integers JSON (orjson) carries."""
 _SMALL_KEY = 16_384
-"""Characters of a packed send's key below which, with a scalar value, the update surely fits
-a repartition record (no need to measure it)."""
-
-
-def _refuse_oversized(key: str, value: Any) -> None:
-    """Refuse a packed send whose update cannot travel in one repartition record (a combined
-    record carries it twice: the folded update and its part), as the event's bad input: it is
-    dead-lettered, instead of failing its whole batch at the end, again after every restart."""
-    if len(key) <= _SMALL_KEY and value.__class__ is str and len(value) <= _SMALL_KEY:
-        return
-    size = 2 * len(orjson.dumps([key, value, 0]))
-    if size > MAX_REPARTITION_RECORD - 1024:
-        raise BadRecord("oversized_fanout", f"one update needs {size} of {MAX_REPARTITION_RECORD} bytes")
+"""Characters of a packed send's key below which, with an integer value, the update surely fits
+a repartition record (no need to encode it to know)."""
 
 
 def _sent() -> asyncio.Future[Any]:
@@ -206,8 +196,13 @@ class SluiceTopic(Topic):
             key_text = key if key.__class__ is str else orjson.dumps(key).decode()
             if value.__class__ not in _PLAIN and hasattr(value, "to_representation"):
                 value = value.to_representation()
-            if len(key_text) > _SMALL_KEY or value.__class__ not in _SCALAR:
-                _refuse_oversized(key_text, value)
+            if not (
+                value.__class__ is int
+                and _I64_MIN <= value <= _U64_MAX
+                and len(key_text) <= _SMALL_KEY
+                and key_text.isascii()
+            ):
+                value = self._settle(unit, key_text, value)
             target = partition if partition is not None else (self._place or self._placement())(key_text)
             ts = unit.origin.timestamp_ms if timestamp is None else int(timestamp * 1000)
             self._run(unit, target, ts).append((key_text, value, index))
@@ -247,14 +242,39 @@ class SluiceTopic(Topic):
             key_text = key if key.__class__ is str else orjson.dumps(key).decode()
             if value.__class__ not in _PLAIN and hasattr(value, "to_representation"):
                 value = value.to_representation()
-            if len(key_text) > _SMALL_KEY or value.__class__ not in _SCALAR:
-                _refuse_oversized(key_text, value)
+            if not (
+                value.__class__ is int
+                and _I64_MIN <= value <= _U64_MAX
+                and len(key_text) <= _SMALL_KEY
+                and key_text.isascii()
+            ):
+                value = self._settle(unit, key_text, value)
             target = place(key_text)
             updates = runs.get(target)
             if updates is None:
                 updates = runs[target] = self._run(unit, target, ts)
             updates.append((key_text, value, index))  # a tuple: the cheapest to make
         return _SENT or _sent()
+
+    def _settle(self, unit: Any, key: str, value: Any) -> Any:
+        """A packed send's update the fast check (a short ASCII key, a 64-bit integer) did not
+        clear, encoded now: a value JSON cannot carry (a lone surrogate, an integer past 64
+        bits) or an update no repartition record can carry is this event's bad input, dead-
+        lettered, not a batch that fails when it is encoded, and again after every restart.
+        Returns the value to keep: a container as it was when sent (the record is encoded with
+        the batch, later, and the agent may change the object meanwhile)."""
+        try:
+            encoded = orjson.dumps([key, value, 0])
+        except orjson.JSONEncodeError as exc:
+            raise BadRecord("unencodable_value", str(exc)) from None
+        copies = 2 if self.combine is not None else 1  # a combined record: folded, and in its parts
+        around = 2 * len(unit.send_source()) + 3 * len(orjson.dumps(unit.origin.position)) + 256
+        size = copies * len(encoded) + around
+        if size > MAX_REPARTITION_RECORD:
+            raise BadRecord("oversized_fanout", f"one update needs {size} of {MAX_REPARTITION_RECORD} bytes")
+        if value.__class__ is dict or value.__class__ is list:
+            return orjson.loads(encoded)[1]
+        return value
 
     async def _send_each(self, items: Iterable[tuple[Any, Any]]) -> None:
         for key, value in items:

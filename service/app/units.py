@@ -65,6 +65,7 @@ class Unit:
 
     __slots__ = (
         "dirty",
+        "done",
         "event",
         "fence",
         "hop",
@@ -118,6 +119,8 @@ class Unit:
         ``[timestamp, [(key, payload, index), ...]]`` runs in send order (so the outbox takes a
         unit's sends per target, not per send: a line's fifteen words are one entry each)."""
         self.dirty: set[TablePartition] | None = None
+        self.done = False
+        """Its effects were handed to the batch (:meth:`release`): it cannot be current again."""
         self.raw: Any = _UNCHANGED
         """The event's value before the stream's processors replaced it in a ``take()``: put
         back when the unit is retried (processors must not run twice on one value)."""
@@ -175,6 +178,7 @@ class Unit:
         entries. The agent may hold its event (a take list lives until the next one), and
         whatever a unit holds past its batch is walked by every young collection of the
         garbage collector (see :mod:`service.gctune`): for a wordcount line, its words."""
+        self.done = True
         self.packed = None
         self.outbox.clear()
         self.undo.clear()

@@ -182,14 +182,19 @@ class Batches:
         return records[:taken]
 
 
-def within_bytes(consumer: Any, fetched: dict[TopicPartition, list[Any]], budget: int) -> None:
+def within_bytes(
+    consumer: Any, fetched: dict[TopicPartition, list[Any]], budget: int, served: dict[TopicPartition, int]
+) -> None:
     """Keep the first ``budget`` bytes of keys and values of a fetch (at least one record) and
     seek the rest back (``SLUICE_MAX_BATCH_BYTES``): a batch is processed without yielding the
     event loop, and its time grows with its bytes, not its record count (a thousand 1 KB lines
     cost ten times as much as a thousand 100-byte ones), while heartbeats and the stall check
-    wait."""
+    wait. Partitions are served least recently served first (``served``: the fetch number
+    each was last served in), so a partition whose records arrive behind others' is not cut
+    every time."""
     used = 0
-    for tp in list(fetched):
+    turn = max(served.values(), default=0) + 1
+    for tp in sorted(fetched, key=lambda tp: served.get(tp, -1)):
         records = fetched[tp]
         keep = 0
         for record in records:
@@ -198,6 +203,8 @@ def within_bytes(consumer: Any, fetched: dict[TopicPartition, list[Any]], budget
                 break
             used += size
             keep += 1
+        if keep:
+            served[tp] = turn
         if keep < len(records):
             consumer.seek(tp, records[keep].offset)
             if keep:

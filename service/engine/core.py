@@ -65,6 +65,7 @@ class Engine:
         self.durability = Durability(self.rt)
         self.batches = Batches(self.rt, self.durability, self._stalled, self._drop)
         self._collector = BatchCollector()
+        self._served: dict[TopicPartition, int] = {}
         self.assignor = CopartitionedAssignor(settings.standby_replicas, url)
         self.assignments: Assignments | None = None
         self.state = "starting"
@@ -103,6 +104,7 @@ class Engine:
             auto_offset_reset="earliest",
             isolation_level="read_committed",
             max_poll_interval_ms=300_000,
+            fetch_max_bytes=max(settings.max_batch_bytes, 1 << 20),  # not much more than a batch
             metadata_max_age_ms=settings.metadata_max_age_ms,
             session_timeout_ms=settings.session_timeout_ms,
             heartbeat_interval_ms=max(100, settings.session_timeout_ms // 3),
@@ -227,7 +229,7 @@ class Engine:
         fetched: dict[TopicPartition, list[Any]] = await consumer.getmany(
             timeout_ms=500, max_records=self.settings.max_batch
         )
-        within_bytes(consumer, fetched, self.settings.max_batch_bytes)
+        within_bytes(consumer, fetched, self.settings.max_batch_bytes, self._served)
         self.rt.progress.fetched(fetched)
         return fetched
 

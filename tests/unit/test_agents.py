@@ -271,24 +271,28 @@ async def test_a_restart_after_a_setup_failure_adds_the_rest_of_the_chain() -> N
     assert passed == [3]
 
 
-async def test_a_done_take_list_keeps_its_events_but_not_their_sends() -> None:
+async def test_a_done_take_list_lets_go_of_its_sends_and_makes_no_event_current() -> None:
     """When the agent takes the next list, the units behind the last one let go of their sends
-    and undo entries (they would survive into the next batch, see service.gctune), and keep
-    their events: the old list still iterates with each event current, as in Faust."""
+    and undo entries (they would survive into the next batch, see service.gctune) and are done:
+    iterating the old list gives its values but makes none of its events current again (their
+    effects are committed; a write from it would be lost, so it raises as outside any event)."""
     app = app_for("wordcount")
     agent = app.agents["wordcount"]
-    original = agent.fun
     words = app.agents["wordcount-count"].channel
+    counts = app.tables["wordcount"]
+    original = agent.fun
     held: list[Any] = []
-    current: list[Any] = []
+    seen: list[Any] = []
 
     async def holding(stream: Any) -> None:
         async for values in stream.take(100, within=1.0):
             for value in held[-1] if held else ():
-                current.append((value, stream.current_event.value))
+                seen.append((value, stream.current_event))
+                with pytest.raises(RuntimeError, match="outside of stream iteration"):
+                    counts[value.decode()] = 1
             held.append(values)
             for value in values:
-                current.append((value, stream.current_event.value))
+                seen.append((value, stream.current_event.value))
                 await words.send_many((word, 1) for word in value.decode().split())
 
     agent.fun = holding
@@ -296,14 +300,14 @@ async def test_a_done_take_list_keeps_its_events_but_not_their_sends() -> None:
         async with agent.test_context() as ctx:
             await ctx.put_many([b"a b", b"c"], partition=0)
             units = list(held[0]._units)
-            assert len(units) == 2
+            assert len(units) == 2 and all(u.done for u in units)
             assert all(u.packed is None and u.outbox == [] and u.undo == [] for u in units)
             await ctx.put_many([b"d"], partition=0)
     finally:
         agent.fun = original
     assert ctx.dead_letters == []
     assert sorted(u[0] for s in ctx.sent for u in s.value["c"]) == ["a", "b", "c", "d"]
-    assert current == [(b"a b", b"a b"), (b"c", b"c"), (b"a b", b"a b"), (b"c", b"c"), (b"d", b"d")]
+    assert seen == [(b"a b", b"a b"), (b"c", b"c"), (b"a b", None), (b"c", None), (b"d", b"d")]
 
 
 def test_batch_collector_collects_cyclic_garbage_between_batches() -> None:

@@ -152,3 +152,67 @@ async def test_an_update_too_large_for_a_record_dead_letters_its_event(bulk: boo
     assert letter.headers["sluice.source.offset"] == b"0"
     keys = sorted(u[0] for s in ctx.sent for u in s.value["c"])
     assert keys == ["fine", "small"]  # the bad event's "small" was rolled back with it
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("big", 2**64), ("surrogate-\udcff", 1), ("fine", {"n": 2**70})],
+    ids=["int-past-64-bits", "lone-surrogate-key", "nested-int-past-64-bits"],
+)
+async def test_a_value_json_cannot_carry_dead_letters_its_event(key: str, value: Any) -> None:
+    """Refused at the send (unencodable_value), not when the batch is encoded: the next event
+    goes through."""
+    app = service.App("unit-send-many", sluice_settings=load_settings(app_id="unit-send-many"))
+    out = app.topic("out", key_type=str, internal=True, pack=True)
+    lines = app.topic("lines", value_type=bytes, value_serializer="raw")
+
+    @app.agent(lines, name="sender")
+    async def sender(stream: Any) -> None:
+        async for line in stream:
+            if line == b"bad":
+                await out.send(key=key, value=value)
+            await out.send(key="ok", value=1)
+
+    async with sender.test_context() as ctx:
+        await ctx.put_many([b"bad", b"good"], partition=0)
+    [letter] = ctx.dead_letters
+    assert letter.headers["sluice.reason"] == b"unencodable_value"
+    assert [u[0] for s in ctx.sent for _at, _ts, ups in s.value["e"] for u in ups] == ["ok"]
+
+
+async def test_a_container_is_sent_as_it_was_when_sent() -> None:
+    """The record is encoded with the batch, later: an agent that changes a dict after sending
+    it sends each state it sent (as Faust, which serializes at the send)."""
+    app = service.App("unit-send-many", sluice_settings=load_settings(app_id="unit-send-many"))
+    out = app.topic("out", key_type=str, internal=True, pack=True)
+    lines = app.topic("lines", value_type=bytes, value_serializer="raw")
+
+    @app.agent(lines, name="sender")
+    async def sender(stream: Any) -> None:
+        state: dict[str, list[str]] = {"seen": []}
+        async for line in stream:
+            state["seen"].append(line.decode())
+            await out.send(key="k", value=state)
+
+    async with sender.test_context() as ctx:
+        await ctx.put_many([b"a", b"b", b"c"], partition=0)
+    sent = [u[1]["seen"] for s in ctx.sent for _at, _ts, ups in s.value["e"] for u in ups]
+    assert sent == [["a"], ["a", "b"], ["a", "b", "c"]]
+
+
+async def test_a_large_update_fits_a_plain_packed_record_once() -> None:
+    """Only a combined record carries an update twice: a 500 KB value on a packed topic
+    without combine is carried (on a combined one it is refused as oversized_fanout)."""
+    app = service.App("unit-send-many", sluice_settings=load_settings(app_id="unit-send-many"))
+    out = app.topic("out", key_type=str, internal=True, pack=True)
+    lines = app.topic("lines", value_type=bytes, value_serializer="raw")
+
+    @app.agent(lines, name="sender")
+    async def sender(stream: Any) -> None:
+        async for _line in stream:
+            await out.send(key="k", value="v" * 500_000)
+
+    async with sender.test_context() as ctx:
+        await ctx.put(b"one", partition=0, offset=0)
+    assert ctx.dead_letters == []
+    assert [len(u[1]) for s in ctx.sent for _at, _ts, ups in s.value["e"] for u in ups] == [500_000]
