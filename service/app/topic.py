@@ -190,23 +190,12 @@ class SluiceTopic(Topic):
         unit = _unit.get()
         if unit is None:
             return self.app.data_plane.send_now(self, key, value, partition, timestamp, headers)  # type: ignore[no-any-return]
+        if self.pack:
+            ts = unit.origin.timestamp_ms if timestamp is None else int(timestamp * 1000)
+            self._pack(unit, ((key, value),), partition, ts)
+            return _SENT or _sent()
         index = unit.sends
         unit.sends = index + 1
-        if self.pack:
-            key_text = key if key.__class__ is str else orjson.dumps(key).decode()
-            if value.__class__ not in _PLAIN and hasattr(value, "to_representation"):
-                value = value.to_representation()
-            if not (
-                value.__class__ is int
-                and _I64_MIN <= value <= _U64_MAX
-                and len(key_text) <= _SMALL_KEY
-                and key_text.isascii()
-            ):
-                value = self._settle(unit, key_text, value)
-            target = partition if partition is not None else (self._place or self._placement())(key_text)
-            ts = unit.origin.timestamp_ms if timestamp is None else int(timestamp * 1000)
-            self._run(unit, target, ts).append((key_text, value, index))
-            return _SENT or _sent()
         kb = self.encode_key(key, key_serializer)
         vb = self.encode_value(value, value_serializer)
         if partition is None:
@@ -233,11 +222,16 @@ class SluiceTopic(Topic):
             for key, value in items:
                 self.send(key=key, value=value)  # in a unit: recorded at once, as a send is
             return _SENT or _sent()
+        self._pack(unit, items, None, unit.origin.timestamp_ms)
+        return _SENT or _sent()
+
+    def _pack(self, unit: Any, items: Iterable[tuple[Any, Any]], partition: int | None, ts: int) -> None:
+        """Record sends to a packed topic in the unit (see ``Unit.packed``): one per item, each
+        with its own index (taken per item, as a send does: an item that raises used its own)."""
         place = self._place or self._placement()
-        ts = unit.origin.timestamp_ms
         runs: dict[int, list[Any]] = {}
         for key, value in items:
-            index = unit.sends  # per item, as a send does: an item that raises used its index
+            index = unit.sends
             unit.sends = index + 1
             key_text = key if key.__class__ is str else orjson.dumps(key).decode()
             if value.__class__ not in _PLAIN and hasattr(value, "to_representation"):
@@ -249,12 +243,11 @@ class SluiceTopic(Topic):
                 and key_text.isascii()
             ):
                 value = self._settle(unit, key_text, value)
-            target = place(key_text)
+            target = partition if partition is not None else place(key_text)
             updates = runs.get(target)
             if updates is None:
                 updates = runs[target] = self._run(unit, target, ts)
             updates.append((key_text, value, index))  # a tuple: the cheapest to make
-        return _SENT or _sent()
 
     def _settle(self, unit: Any, key: str, value: Any) -> Any:
         """A packed send's update the fast check (a short ASCII key, a 64-bit integer) did not

@@ -18,16 +18,21 @@ from service.settings import load_settings
 ITEMS = [("the", 2), ("cat", 1), ("end", 1), ("a", 3), ("the", 1)]
 
 
-def _app(kind: str, bulk: bool) -> tuple[Any, Any]:
+def _app() -> tuple[Any, Any]:
+    """A fresh app and its ``lines`` topic (raw bytes), for an agent made by the test."""
+    app = service.App("unit-send-many", sluice_settings=load_settings(app_id="unit-send-many"))
+    return app, app.topic("lines", value_type=bytes, value_serializer="raw")
+
+
+def _sender_app(kind: str, bulk: bool) -> tuple[Any, Any]:
     """An app whose agent sends ITEMS for each line: one call, or one send per item, between a
     single send before and after (so the indexes of the bulk call must continue the count)."""
-    app = service.App("unit-send-many", sluice_settings=load_settings(app_id="unit-send-many"))
+    app, lines = _app()
     options: dict[str, Any] = {"plain": {}, "packed": {"pack": True}, "combined": {"combine": operator.add}}[
         kind
     ]
     internal = kind != "plain"
     out = app.topic("out", key_type=str, value_type=int, internal=internal, **options)
-    lines = app.topic("lines", value_type=bytes, value_serializer="raw")
 
     @app.agent(lines, name="sender")
     async def sender(stream: Any) -> None:
@@ -44,7 +49,7 @@ def _app(kind: str, bulk: bool) -> tuple[Any, Any]:
 
 
 async def _sent(kind: str, bulk: bool) -> list[tuple[str, int, Any, Any, dict[str, bytes]]]:
-    _app_obj, agent = _app(kind, bulk)
+    _app_obj, agent = _sender_app(kind, bulk)
     async with agent.test_context() as ctx:
         await ctx.put_many([b"one", b"two"], partition=1)
     assert ctx.dead_letters == []
@@ -83,9 +88,8 @@ async def test_send_many_sends_what_one_send_per_item_sends(kind: str) -> None:
 async def test_an_item_that_raises_keeps_the_indexes_of_one_send_per_item() -> None:
     """An iterable that fails after two items, caught by the agent, then one more send: the
     indexes are those of one send per item (0, 1, then 2 — not 0 again)."""
-    app = service.App("unit-send-many", sluice_settings=load_settings(app_id="unit-send-many"))
+    app, lines = _app()
     out = app.topic("out", key_type=str, value_type=int, internal=True, combine=operator.add)
-    lines = app.topic("lines", value_type=bytes, value_serializer="raw")
 
     def failing() -> Any:
         yield ("x", 1)
@@ -111,9 +115,8 @@ async def test_an_item_that_raises_keeps_the_indexes_of_one_send_per_item() -> N
 
 
 async def test_send_many_to_a_plain_topic_in_an_agent_is_recorded_without_await() -> None:
-    app = service.App("unit-send-many", sluice_settings=load_settings(app_id="unit-send-many"))
+    app, lines = _app()
     out = app.topic("out", key_type=str, value_type=int)
-    lines = app.topic("lines", value_type=bytes, value_serializer="raw")
 
     @app.agent(lines, name="sender")
     async def sender(stream: Any) -> None:
@@ -130,9 +133,8 @@ async def test_an_update_too_large_for_a_record_dead_letters_its_event(bulk: boo
     """A key no repartition record can carry: the event is dead-lettered as oversized_fanout
     (none of its sends go out) and the next event goes through — instead of the whole batch
     failing when it is encoded, again after every restart."""
-    app = service.App("unit-send-many", sluice_settings=load_settings(app_id="unit-send-many"))
+    app, lines = _app()
     out = app.topic("out", key_type=str, value_type=int, internal=True, combine=operator.add)
-    lines = app.topic("lines", value_type=bytes, value_serializer="raw")
 
     @app.agent(lines, name="sender")
     async def sender(stream: Any) -> None:
@@ -162,9 +164,8 @@ async def test_an_update_too_large_for_a_record_dead_letters_its_event(bulk: boo
 async def test_a_value_json_cannot_carry_dead_letters_its_event(key: str, value: Any) -> None:
     """Refused at the send (unencodable_value), not when the batch is encoded: the next event
     goes through."""
-    app = service.App("unit-send-many", sluice_settings=load_settings(app_id="unit-send-many"))
+    app, lines = _app()
     out = app.topic("out", key_type=str, internal=True, pack=True)
-    lines = app.topic("lines", value_type=bytes, value_serializer="raw")
 
     @app.agent(lines, name="sender")
     async def sender(stream: Any) -> None:
@@ -183,9 +184,8 @@ async def test_a_value_json_cannot_carry_dead_letters_its_event(key: str, value:
 async def test_a_container_is_sent_as_it_was_when_sent() -> None:
     """The record is encoded with the batch, later: an agent that changes a dict after sending
     it sends each state it sent (as Faust, which serializes at the send)."""
-    app = service.App("unit-send-many", sluice_settings=load_settings(app_id="unit-send-many"))
+    app, lines = _app()
     out = app.topic("out", key_type=str, internal=True, pack=True)
-    lines = app.topic("lines", value_type=bytes, value_serializer="raw")
 
     @app.agent(lines, name="sender")
     async def sender(stream: Any) -> None:
@@ -203,9 +203,8 @@ async def test_a_container_is_sent_as_it_was_when_sent() -> None:
 async def test_a_large_update_fits_a_plain_packed_record_once() -> None:
     """Only a combined record carries an update twice: a 500 KB value on a packed topic
     without combine is carried (on a combined one it is refused as oversized_fanout)."""
-    app = service.App("unit-send-many", sluice_settings=load_settings(app_id="unit-send-many"))
+    app, lines = _app()
     out = app.topic("out", key_type=str, internal=True, pack=True)
-    lines = app.topic("lines", value_type=bytes, value_serializer="raw")
 
     @app.agent(lines, name="sender")
     async def sender(stream: Any) -> None:
