@@ -50,8 +50,8 @@ class EventList(list[Any]):
     def __iter__(self) -> Iterator[Any]:
         units = self._units
         if units and units[0].done:
-            # The agent took the next list: these events are committed and none is current
-            # again (a write raises, a send goes out at once, as outside any event).
+            # The agent took the next list: these events are committed and none of them is made
+            # current again (whatever is done meanwhile belongs to the event current, if any).
             yield from list.__iter__(self)
             return
         stream = self._stream

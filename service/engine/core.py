@@ -197,7 +197,7 @@ class Engine:
                         else:
                             await self.durability.commit()
                 del fetched, fetch
-                self._collector.batch_done()  # the batch's objects are freed: a cheap collection
+                self._collector.batch_done()  # between batches, not in one (service.gctune)
             self._raise_fatal()
             async with self._lock:
                 await self.durability.commit()
