@@ -48,6 +48,11 @@ class TableSpec:
         return f"{app_id}-{self.name}-changelog"
 
 
+def row_verdict(origin: Origin, row: Row | None) -> str:
+    """:func:`tables.positions.verdict` of ``origin`` for a row already read (``None``: none)."""
+    return verdict(origin, row.positions.get(origin.source) if row is not None else None)
+
+
 class TablePartition:
     """One partition of a table on this worker: reads, guarded writes, pending changes."""
 
@@ -115,8 +120,7 @@ class TablePartition:
 
     def verdict(self, key: str, origin: Origin) -> str:
         """:func:`tables.positions.verdict` of ``origin`` for ``key``'s row."""
-        row = self.row(key)
-        return verdict(origin, row.positions.get(origin.source) if row is not None else None)
+        return row_verdict(origin, self.row(key))
 
     def check(self, key: str, origin: Origin) -> str:
         """:meth:`verdict`, counting a duplicate as skipped."""

@@ -29,8 +29,8 @@ from faust import Table
 from service.app.units import BadRecord, Redeliver, current_unit
 from service.kafka.murmur2 import partition_for_key
 from tables.codec import Row
-from tables.positions import DUPLICATE, NEW, PARTIAL, Origin, verdict
-from tables.table import TablePartition, TableSpec
+from tables.positions import DUPLICATE, NEW, PARTIAL, Origin
+from tables.table import TablePartition, TableSpec, row_verdict
 
 if TYPE_CHECKING:
     from service.app.units import Unit
@@ -68,6 +68,8 @@ class SluiceTable(Table[Any, Any]):
         self.raw_keys = raw_keys
         """Store ``str`` keys as their text (sluice's built-in tables) instead of as Faust does,
         JSON — which is what makes a stock Faust app's changelog readable here."""
+        self._text_keys = raw_keys or self.key_serializer == "raw"
+        """Whether a ``str`` key is stored as itself (not as JSON): decided once, read per access."""
         self.watermark_topics = list(watermark_topics or ())
         """Topics whose every partition a windowed table's watermark waits for (besides the
         sources it has heard from)."""
@@ -102,11 +104,6 @@ class SluiceTable(Table[Any, Any]):
             inner, window = key
             return window_key(self._text(inner), window[0])
         return self._text(key)
-
-    @property
-    def _text_keys(self) -> bool:
-        """Whether a ``str`` key is stored as itself (not as JSON)."""
-        return self.raw_keys or self.key_serializer == "raw"
 
     def _text(self, key: Any) -> str:
         if isinstance(key, str) and self._text_keys:
@@ -237,7 +234,7 @@ class SluiceTable(Table[Any, Any]):
     def _check_combined(self, origin: Origin, row: Row | None) -> None:
         """A combined event whose parts this row applied only some of: deliver its parts one
         by one (the agent computes from a value that must not include them twice)."""
-        if verdict(origin, row.positions.get(origin.source) if row is not None else None) is PARTIAL:
+        if row_verdict(origin, row) is PARTIAL:
             raise Redeliver()
 
     def _closed(self, part: TablePartition, stored: str) -> bool:
