@@ -9,7 +9,9 @@ send's index in it. A record carries them as JSON:
 * ``{"s": source, "e": entries}``: every update keeps its own origin ``(at, seq)``.
 * ``{"s", "ts", "c": [[key, payload, first_at, first_seq, last_at, last_seq, count], ...]}``
   for a topic with ``combine``: one update per key, the merge of the ``count`` updates of that
-  key in the record's entries. The entries themselves travel in the ``sluice.parts`` header.
+  key in the record's entries. The entries themselves travel in the ``sluice.parts`` header:
+  per sending event as above, or — from a topic without watermarks, whose sends are folded per
+  key as units finish (:func:`encode_folded`) — per key, ``{key: [[at, seq, payload], ...]}``.
 * For a topic with watermarks, the last record of a batch for each target also carries ``"w"``
   and ``"o"``: the event time the source has reached and the source offset it has processed up
   to (see :mod:`tables.watermark`); a batch with no update for a target still sends it a record
@@ -34,8 +36,11 @@ dead-lettered, nothing of it sent.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import reduce
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -128,6 +133,45 @@ def _fold(entries: list[Entry], combine: Combine) -> list[list[Any]]:
     return list(totals.values())
 
 
+_VALUE = itemgetter(2)
+
+
+def encode_folded(
+    source: str, ts: int, parts: dict[str, list[tuple[Any, int, Any]]], combine: Combine
+) -> list[tuple[bytes, Headers]]:
+    """The records carrying a batch's sends to one target of a folding topic
+    (:mod:`service.app.folding`): ``parts`` is key -> ``(at, seq, payload)`` of each send in
+    position order. One combined update per key; the parts header lists the parts per key
+    (``{key: [[at, seq, payload], ...]}``). Split like :func:`encode` when over the limit."""
+    updates = []
+    for key, sent in parts.items():
+        first, last = sent[0], sent[-1]
+        if len(sent) == 1:
+            total = first[2]
+        elif combine is operator.add and first[2].__class__ is int:
+            total = sum(map(_VALUE, sent))  # what reduce(add) gives, without a call per part
+        else:
+            total = reduce(combine, map(_VALUE, sent))
+        updates.append([key, total, first[0], first[1], last[0], last[1], len(sent)])
+    value = orjson.dumps({"s": source, "ts": ts, "c": updates})
+    header = orjson.dumps(parts)
+    size = len(value) + len(header)
+    if size <= MAX_REPARTITION_RECORD:
+        return [(value, [(PARTS_HEADER, header)])]
+    pieces = -(-size * 5 // (MAX_REPARTITION_RECORD * 4))
+    keys = list(parts)
+    if len(keys) > 1:
+        step = -(-len(keys) // min(pieces, len(keys)))
+        chunks = [{key: parts[key] for key in keys[i : i + step]} for i in range(0, len(keys), step)]
+    else:
+        [(key, sent)] = parts.items()
+        if len(sent) <= 1:
+            raise OversizedUpdate(f"one update needs {size} bytes")
+        step = -(-len(sent) // min(pieces, len(sent)))
+        chunks = [{key: sent[i : i + step]} for i in range(0, len(sent), step)]
+    return [piece for chunk in chunks for piece in encode_folded(source, ts, chunk, combine)]
+
+
 @dataclass(frozen=True)
 class Decoded:
     source: str
@@ -218,9 +262,14 @@ class HeaderParts:
         data = next((v for k, v in self._headers if k == PARTS_HEADER), None)
         if data is None:
             raise ValueError(f"a combined repartition record without its {PARTS_HEADER} header")
+        doc = orjson.loads(data)
         by_key: dict[str, list[tuple[list[int], Any]]] = {}
-        for at, _ts, updates in orjson.loads(data):
-            for key, payload, seq in updates:
-                by_key.setdefault(key, []).append((_pos(at, seq), payload))
+        if isinstance(doc, dict):  # per key (encode_folded)
+            for key, sent in doc.items():
+                by_key[key] = [(_pos(at, seq), payload) for at, seq, payload in sent]
+        else:  # per sending event (encode)
+            for at, _ts, updates in doc:
+                for key, payload, seq in updates:
+                    by_key.setdefault(key, []).append((_pos(at, seq), payload))
         self._by_key = by_key
         return by_key

@@ -84,10 +84,12 @@ class Feed:
         if self.shared:
             taken = self._take_free(limit)
         else:
-            taken = []
             queue = self._queue
-            while queue and len(taken) < limit:
-                taken.append(queue.popleft())
+            if len(queue) <= limit:  # the common case: all of it, in one copy
+                taken = list(queue)
+                queue.clear()
+            else:
+                taken = [queue.popleft() for _ in range(limit)]
             self.in_flight += len(taken)
         if taken and self._singly:
             self._singly -= 1

@@ -5,7 +5,7 @@ Plain sends become records of the batch's senders (the shared one in at-least-on
 partition's transactional one in exactly-once). Sends to a packed topic are grouped per
 (topic, target partition, source) and become few records when the batch ends
 (:mod:`service.repartition`), carrying each source's event-time progress for topics with
-watermarks.
+watermarks; sends to a folding topic are merged per key (:mod:`service.app.folding`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from service.app.events import POSITION_HEADER, origin_headers
+from service.app.folding import Folds
 from service.effects import Sender
 from service.engine.deadletters import DeadLetters
-from service.repartition import OversizedUpdate
+from service.repartition import Headers, OversizedUpdate
 from service.repartition import encode as encode_packed
 from tables.table import TablePartition
 
@@ -44,6 +45,7 @@ class Outbox:
         self.dead_letters = dead_letters
         self.dirty: dict[int, set[TablePartition]] = {}
         self._packs: dict[PackKey, _Pack] = {}
+        self.folds = Folds()
         self.reached: dict[str, int] = {}
         """Event time each source reached in sends to topics with watermarks."""
         self.on_clock: Callable[[str, Any, str], None] | None = None
@@ -63,13 +65,16 @@ class Outbox:
         if unit.replay:
             return
         items = unit.outbox
-        if items or unit.packed:
+        if items or unit.packed or unit.folded:
             source = unit.send_source()
             prefix = unit.origin.position
+            at = prefix[0] if len(prefix) == 1 else prefix
             if items:
                 self._plain(unit, items, source, prefix)
             if unit.packed:
-                self._packed(unit, unit.packed, source, prefix[0] if len(prefix) == 1 else prefix)
+                self._packed(unit, unit.packed, source, at)
+            if unit.folded:
+                self.folds.take(unit.folded, source, at, unit.fence)
         if unit.dirty:
             self.dirty.setdefault(unit.fence, set()).update(unit.dirty)
 
@@ -133,3 +138,7 @@ class Outbox:
                     sender.add(name, target, None, value, headers)
         self._packs.clear()
         self.clocked.clear()
+        self.folds.finish(self._add_packed)
+
+    def _add_packed(self, fence: int, name: str, target: int, value: bytes, headers: Headers) -> None:
+        self.sender_for(fence).add(name, target, None, value, headers)

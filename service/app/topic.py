@@ -19,7 +19,7 @@ sluice options of ``app.topic(...)``:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,7 @@ import orjson
 from faust import Topic
 
 from service.app.events import message
+from service.app.folding import DICT_ITEMS, I64_MIN, SMALL_KEY, U64_MAX, plain_updates, split_pairs
 from service.app.units import BadRecord
 from service.app.units import _current as _unit
 from service.kafka.murmur2 import partition_for_key
@@ -37,11 +38,6 @@ if TYPE_CHECKING:
 
 _SENT: asyncio.Future[Any] | None = None
 _PLAIN = (int, float, str, list, dict, bool, type(None))
-_I64_MIN, _U64_MAX = -(1 << 63), (1 << 64) - 1
-"""The integers JSON (orjson) carries."""
-_SMALL_KEY = 16_384
-"""Characters of a packed send's key below which, with an integer value, the update surely fits
-a repartition record (no need to encode it to know)."""
 
 
 def _sent() -> asyncio.Future[Any]:
@@ -67,6 +63,9 @@ class SluiceTopic(Topic):
     pack = False
     combine: Callable[[Any, Any], Any] | None = None
     watermarks = False
+    folds = False
+    """Sends are folded per key as units finish (``combine`` without watermarks,
+    :mod:`service.app.folding`)."""
     _name: str | None = None
     _place: Callable[[str], int] | None = None
 
@@ -86,6 +85,7 @@ class SluiceTopic(Topic):
         self.pack = pack or combine is not None or watermarks
         self.combine = combine
         self.watermarks = watermarks
+        self.folds = combine is not None and not watermarks
 
     # ------------------------------------------------------------------ codecs
 
@@ -156,7 +156,7 @@ class SluiceTopic(Topic):
         replay repeats (``spread``: the sending event's partition plus the send's index)."""
         return partition_for_key(key, count) if key is not None else spread % count
 
-    def _placement(self) -> Callable[[str], int]:
+    def placement(self) -> Callable[[str], int]:
         """Where a packed send's key goes, cached per key (a word goes where it always goes)."""
         place = self._place
         if place is None:
@@ -228,26 +228,73 @@ class SluiceTopic(Topic):
     def _pack(self, unit: Any, items: Iterable[tuple[Any, Any]], partition: int | None, ts: int) -> None:
         """Record sends to a packed topic in the unit (see ``Unit.packed``): one per item, each
         with its own index (taken per item, as a send does: an item that raises used its own)."""
-        place = self._place or self._placement()
+        if self.folds:
+            self._fold(unit, items, partition, ts)
+            return
+        place = self._place or self.placement()
         runs: dict[int, list[Any]] = {}
         for key, value in items:
             index = unit.sends
             unit.sends = index + 1
-            key_text = key if key.__class__ is str else orjson.dumps(key).decode()
-            if value.__class__ not in _PLAIN and hasattr(value, "to_representation"):
-                value = value.to_representation()
-            if not (
-                value.__class__ is int
-                and _I64_MIN <= value <= _U64_MAX
-                and len(key_text) <= _SMALL_KEY
-                and key_text.isascii()
-            ):
-                value = self._settle(unit, key_text, value)
+            key_text, value = self._update(unit, key, value)
             target = partition if partition is not None else place(key_text)
             updates = runs.get(target)
             if updates is None:
                 updates = runs[target] = self._run(unit, target, ts)
             updates.append((key_text, value, index))  # a tuple: the cheapest to make
+
+    def _fold(self, unit: Any, items: Iterable[tuple[Any, Any]], partition: int | None, ts: int) -> None:
+        """Sends to a folding topic: kept as the call's keys and values (``Unit.folded``) when
+        the C-speed check clears them all, else checked one by one as :meth:`_pack` does."""
+        if items.__class__ is DICT_ITEMS:  # a dict's (a Counter's) items: no pair made per item
+            mapping = items.mapping  # type: ignore[attr-defined]
+            if mapping:
+                self._fold_columns(unit, tuple(mapping), tuple(mapping.values()), partition, ts)
+            return
+        if isinstance(items, list | tuple):
+            if items:
+                self._fold_columns(unit, *split_pairs(items), partition, ts)
+            return
+        pairs: list[tuple[Any, Any]] = []
+        try:
+            pairs.extend(items)  # keeps what came before an item the iterable failed to make
+        finally:  # and those are sent, as one send per item would have sent them
+            if pairs:
+                self._fold_columns(unit, *split_pairs(pairs), partition, ts)
+
+    def _fold_columns(
+        self, unit: Any, keys: Sequence[Any], values: Sequence[Any], partition: int | None, ts: int
+    ) -> None:
+        first = unit.sends
+        if plain_updates(keys, values):
+            unit.sends = first + len(keys)
+            unit.fold((self, keys, values, first, ts, partition))
+            return
+        texts: list[str] = []
+        settled: list[Any] = []
+        try:
+            for key, value in zip(keys, values, strict=True):
+                unit.sends += 1  # an item that raises used its index, as a send does
+                key_text, value = self._update(unit, key, value)
+                texts.append(key_text)
+                settled.append(value)
+        finally:  # the items before one that raised are sent, as separate sends would be
+            if texts:
+                unit.fold((self, texts, settled, first, ts, partition))
+
+    def _update(self, unit: Any, key: Any, value: Any) -> tuple[str, Any]:
+        """A packed send's key as text and its value as the record will carry it."""
+        key_text = key if key.__class__ is str else orjson.dumps(key).decode()
+        if value.__class__ not in _PLAIN and hasattr(value, "to_representation"):
+            value = value.to_representation()
+        if not (
+            value.__class__ is int
+            and I64_MIN <= value <= U64_MAX
+            and len(key_text) <= SMALL_KEY
+            and key_text.isascii()
+        ):
+            value = self._settle(unit, key_text, value)
+        return key_text, value
 
     def _settle(self, unit: Any, key: str, value: Any) -> Any:
         """A packed send's update the fast check (a short ASCII key, a 64-bit integer) did not

@@ -68,6 +68,7 @@ class Unit:
         "done",
         "event",
         "fence",
+        "folded",
         "hop",
         "job",
         "origin",
@@ -118,6 +119,8 @@ class Unit:
         """Sends to packed topics, grouped as they are sent: topic -> target partition ->
         ``[timestamp, [(key, payload, index), ...]]`` runs in send order (so the outbox takes a
         unit's sends per target, not per send: a line's fifteen words are one entry each)."""
+        self.folded: list[Any] | None = None
+        """Sends to folding topics, one entry per send call (:data:`service.app.folding.Bulk`)."""
         self.dirty: set[TablePartition] | None = None
         self.done = False
         """Its effects were handed to the batch (:meth:`release`): it cannot be current again."""
@@ -161,6 +164,13 @@ class Unit:
             self.dirty = set()
         self.dirty.add(table)
 
+    def fold(self, bulk: Any) -> None:
+        folded = self.folded
+        if folded is None:
+            self.folded = [bulk]
+        else:
+            folded.append(bulk)
+
     def send_source(self) -> str:
         """The source key records sent for this unit carry: the event's, naming the path when the
         event came through a hop, and the sending agent when it is tagged."""
@@ -180,6 +190,7 @@ class Unit:
         garbage collector (see :mod:`service.gctune`): for a wordcount line, its words."""
         self.done = True
         self.packed = None
+        self.folded = None
         self.outbox.clear()
         self.undo.clear()
 
@@ -189,6 +200,7 @@ class Unit:
         self.undo.clear()
         self.outbox.clear()
         self.packed = None
+        self.folded = None
         self.dirty = None
         if self.raw is not _UNCHANGED:
             self.event.value = self.raw

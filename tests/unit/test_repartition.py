@@ -42,8 +42,27 @@ def entries_of(lines: list[tuple[int, bytes]]) -> list[list[Any]]:
     ]
 
 
-def apply(table: TablePartition, entries: list[list[Any]]) -> None:
-    for value, headers in encode("lines:0", entries, operator.add):
+def folded(entries: list[list[Any]]) -> dict[str, list[tuple[Any, int, Any]]]:
+    """The same sends as a folding topic's outbox holds them: per key, in position order."""
+    parts: dict[str, list[tuple[Any, int, Any]]] = {}
+    for at, _ts, updates in entries:
+        for key, payload, seq in updates:
+            parts.setdefault(key, []).append((at, seq, payload))
+    return parts
+
+
+def encode_combined(kind: str, entries: list[list[Any]]) -> list[tuple[bytes, repartition.Headers]]:
+    """A combined batch as records: per sending event (``encode``) or folded per key."""
+    if kind == "entries":
+        return encode("lines:0", entries, operator.add)
+    return repartition.encode_folded("lines:0", entries[0][1], folded(entries), operator.add)
+
+
+ENCODERS = pytest.mark.parametrize("kind", ["entries", "folded"])
+
+
+def apply(table: TablePartition, entries: list[list[Any]], kind: str = "entries") -> None:
+    for value, headers in encode_combined(kind, entries):
         for key, payload, origin in decode(value, headers, operator.add).updates:
             table.update(key, origin, add, payload)
 
@@ -66,9 +85,10 @@ def batches(records: list[tuple[int, bytes]], rng: random.Random) -> list[list[t
     return out
 
 
-def test_combined_record_carries_one_update_per_key_and_the_parts_header() -> None:
+@ENCODERS
+def test_combined_record_carries_one_update_per_key_and_the_parts_header(kind: str) -> None:
     entries = entries_of([(10, b"a b a"), (11, b"b"), (12, b"a")])
-    [(value, headers)] = encode("lines:0", entries, operator.add)
+    [(value, headers)] = encode_combined(kind, entries)
     assert [name for name, _ in headers] == [repartition.PARTS_HEADER]
     decoded = decode(value, headers, operator.add)
     got = {key: (p, origin.first, origin.position, origin.updates) for key, p, origin in decoded.updates}
@@ -76,34 +96,65 @@ def test_combined_record_carries_one_update_per_key_and_the_parts_header() -> No
     assert decoded.clock is None
     # "a b a" is one update {a: 2} (seq 0) and {b: 1} (seq 1)
     assert got == {"a": (3, [10, 0], [12, 0], 2), "b": (2, [10, 1], [11, 0], 2)}
+    parts = decoded.updates[0][2].parts
+    assert parts is not None
+    assert parts.split("a") == [([10, 0], 2), ([12, 0], 1)]
+    assert parts.unseen("a", [10, 0]) == (1, 1)
 
 
-def test_replay_with_other_batch_cuts_counts_every_line_once(table: TablePartition) -> None:
+def test_folded_records_carry_what_entry_records_carry() -> None:
+    """Random lines: the folded encoding decodes to the same updates, origins and parts."""
+    rng = random.Random(3)
+    lines = [(o, " ".join(rng.choices(WORDS, k=rng.randint(1, 9))).encode()) for o in range(200)]
+    entries = entries_of(lines)
+
+    def seen(kind: str) -> list[Any]:
+        [(value, headers)] = encode_combined(kind, entries)
+        updates = decode(value, headers, operator.add).updates
+        return sorted(
+            (key, p, o.first, o.position, o.updates, o.timestamp_ms, o.parts.split(key) if o.parts else None)
+            for key, p, o in updates
+        )
+
+    assert seen("folded") == seen("entries")
+
+
+@ENCODERS
+def test_replay_with_other_batch_cuts_counts_every_line_once(table: TablePartition, kind: str) -> None:
     rng = random.Random(7)
     records = [(o, " ".join(rng.choices(WORDS, k=rng.randint(1, 8))).encode()) for o in range(300)]
     truth = Counter(w for _, line in records for w in line.decode().split())
     # The first owner applies up to offset 199 and crashes; its group commit had reached 120.
     for batch in batches(records[:200], rng):
-        apply(table, entries_of(batch))
+        apply(table, entries_of(batch), kind)
     # The next owner re-reads from 120 in batches cut elsewhere: some rows have applied part of
     # a batch (the guard asks the header for the rest), some all of it, some none.
     for batch in batches(records[120:], rng):
-        apply(table, entries_of(batch))
+        apply(table, entries_of(batch), kind)
     assert counts(table) == dict(truth)
     replayed = sum(1 for _, line in records[120:200] for _ in set(line.decode().split()))
     assert table.duplicates_skipped == replayed
 
 
+@ENCODERS
 def test_a_batch_split_over_several_records_keeps_the_count(
-    table: TablePartition, monkeypatch: pytest.MonkeyPatch
+    table: TablePartition, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
     monkeypatch.setattr(repartition, "MAX_REPARTITION_RECORD", 200)
     records = [(o, b"w1 w2 w1 w3") for o in range(40)]
     entries = entries_of(records)
-    assert len(encode("lines:0", entries, operator.add)) > 4
-    apply(table, entries)
-    apply(table, entries_of(records[10:30]))  # a replay inside it
+    pieces = encode_combined(kind, entries)
+    assert len(pieces) > 4
+    assert all(len(v) + sum(len(h) for _, h in hs) <= 200 for v, hs in pieces)
+    apply(table, entries, kind)
+    apply(table, entries_of(records[10:30]), kind)  # a replay inside it
     assert counts(table) == {"w1": 80, "w2": 40, "w3": 40}
+
+
+def test_a_folded_part_over_the_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(repartition, "MAX_REPARTITION_RECORD", 100)
+    with pytest.raises(repartition.OversizedUpdate):
+        repartition.encode_folded("lines:0", 1, {"x" * 200: [(1, 0, 1)]}, operator.add)
 
 
 def test_records_without_combine_keep_each_update_origin() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import operator
 import types
+from collections import Counter
 from typing import Any
 
 import orjson
@@ -64,6 +65,16 @@ def _fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(service.app.testing, "time", types.SimpleNamespace(time=lambda: 1_700_000_000.0))
 
 
+def _entry_parts(entries: list[Any]) -> list[tuple[int, str, int, int]]:
+    """``(at, key, value, seq)`` of a packed record's entries (per sending event)."""
+    return [(at, key, value, seq) for at, _ts, updates in entries for key, value, seq in updates]
+
+
+def _key_parts(by_key: dict[str, Any]) -> list[tuple[int, str, int, int]]:
+    """``(at, key, value, seq)`` of a folded record's parts header (per key)."""
+    return [(at, key, value, seq) for key, sent in by_key.items() for at, seq, value in sent]
+
+
 @pytest.mark.parametrize("kind", ["plain", "packed", "combined"])
 async def test_send_many_sends_what_one_send_per_item_sends(kind: str) -> None:
     one_by_one = await _sent(kind, bulk=False)
@@ -74,10 +85,13 @@ async def test_send_many_sends_what_one_send_per_item_sends(kind: str) -> None:
         assert [orjson.loads(h["sluice.pos"]) for *_, h in bulk] == [[o, i] for o in (0, 1) for i in range(7)]
     else:
         parts = [
-            (at, key, value, seq)
+            part
             for *_, value_doc, h in bulk
-            for at, _ts, updates in (value_doc["e"] if kind == "packed" else orjson.loads(h["sluice.parts"]))
-            for key, value, seq in updates
+            for part in (
+                _entry_parts(value_doc["e"])
+                if kind == "packed"
+                else _key_parts(orjson.loads(h["sluice.parts"]))
+            )
         ]
         expected = [("first", 1), *ITEMS, ("last", 1)]
         assert sorted(parts) == sorted(
@@ -108,8 +122,7 @@ async def test_an_item_that_raises_keeps_the_indexes_of_one_send_per_item() -> N
     parts = sorted(
         (key, seq)
         for s in ctx.sent
-        for _at, _ts, ups in orjson.loads(s.headers["sluice.parts"])
-        for key, _v, seq in ups
+        for _at, key, _v, seq in _key_parts(orjson.loads(s.headers["sluice.parts"]))
     )
     assert parts == [("x", 0), ("x", 2), ("y", 1)]
 
@@ -156,16 +169,79 @@ async def test_an_update_too_large_for_a_record_dead_letters_its_event(bulk: boo
     assert keys == ["fine", "small"]  # the bad event's "small" was rolled back with it
 
 
+def _last(_old: Any, new: Any) -> Any:
+    return new
+
+
+PACKINGS = pytest.mark.parametrize("options", [{"pack": True}, {"combine": _last}], ids=["packed", "folded"])
+
+
+def _updates(sent: list[Any]) -> list[tuple[str, Any]]:
+    """``(key, value)`` of every send in packed or folded records, from the parts for folded."""
+    out: list[tuple[str, Any]] = []
+    for s in sent:
+        if "e" in s.value:
+            out += [(key, value) for _at, _ts, ups in s.value["e"] for key, value, _seq in ups]
+        else:
+            out += [
+                (key, value) for _at, key, value, _seq in _key_parts(orjson.loads(s.headers["sluice.parts"]))
+            ]
+    return out
+
+
+async def test_a_dicts_items_send_what_a_list_of_pairs_sends() -> None:
+    """``send_many(counter.items())`` (read as the dict's columns, no pair made per item) and
+    ``send_many(list_of_pairs)`` send the same records."""
+
+    async def sent(as_items: bool) -> list[Any]:
+        app, lines = _app()
+        out = app.topic("out", key_type=str, value_type=int, internal=True, combine=operator.add)
+
+        @app.agent(lines, name="sender")
+        async def sender(stream: Any) -> None:
+            async for line in stream:
+                words = Counter(line.decode().split())
+                await out.send_many(words.items() if as_items else list(words.items()))
+
+        async with sender.test_context() as ctx:
+            await ctx.put_many([b"a b a", b"c a", b""], partition=2)
+        return [(s.topic, s.partition, s.value, s.headers) for s in ctx.sent]
+
+    assert await sent(True) == await sent(False)
+    assert await sent(True) != []
+
+
+async def test_a_send_to_a_partition_other_than_its_keys_goes_there() -> None:
+    """A folding topic keeps an explicit partition: the key's update goes to that partition,
+    apart from the same key's updates placed by the key."""
+    app, lines = _app()
+    out = app.topic("out", key_type=str, value_type=int, internal=True, combine=operator.add)
+
+    @app.agent(lines, name="sender")
+    async def sender(stream: Any) -> None:
+        async for _line in stream:
+            await out.send(key="k", value=1)
+            await out.send(key="k", value=10, partition=elsewhere)
+
+    async with sender.test_context() as ctx:
+        home = out.placement()("k")
+        elsewhere = (home + 1) % ctx.partitions
+        await ctx.put_many([b"x", b"y"], partition=0)
+    by_partition = {s.partition: [(u[0], u[1], u[6]) for u in s.value["c"]] for s in ctx.sent}
+    assert by_partition == {home: [("k", 2, 2)], elsewhere: [("k", 20, 2)]}
+
+
 @pytest.mark.parametrize(
     ("key", "value"),
     [("big", 2**64), ("surrogate-\udcff", 1), ("fine", {"n": 2**70})],
     ids=["int-past-64-bits", "lone-surrogate-key", "nested-int-past-64-bits"],
 )
-async def test_a_value_json_cannot_carry_dead_letters_its_event(key: str, value: Any) -> None:
+@PACKINGS
+async def test_a_value_json_cannot_carry_dead_letters_its_event(key: str, value: Any, options: Any) -> None:
     """Refused at the send (unencodable_value), not when the batch is encoded: the next event
     goes through."""
     app, lines = _app()
-    out = app.topic("out", key_type=str, internal=True, pack=True)
+    out = app.topic("out", key_type=str, internal=True, **options)
 
     @app.agent(lines, name="sender")
     async def sender(stream: Any) -> None:
@@ -178,14 +254,15 @@ async def test_a_value_json_cannot_carry_dead_letters_its_event(key: str, value:
         await ctx.put_many([b"bad", b"good"], partition=0)
     [letter] = ctx.dead_letters
     assert letter.headers["sluice.reason"] == b"unencodable_value"
-    assert [u[0] for s in ctx.sent for _at, _ts, ups in s.value["e"] for u in ups] == ["ok"]
+    assert [key for key, _ in _updates(ctx.sent)] == ["ok"]
 
 
-async def test_a_container_is_sent_as_it_was_when_sent() -> None:
+@PACKINGS
+async def test_a_container_is_sent_as_it_was_when_sent(options: Any) -> None:
     """The record is encoded with the batch, later: an agent that changes a dict after sending
     it sends each state it sent (as Faust, which serializes at the send)."""
     app, lines = _app()
-    out = app.topic("out", key_type=str, internal=True, pack=True)
+    out = app.topic("out", key_type=str, internal=True, **options)
 
     @app.agent(lines, name="sender")
     async def sender(stream: Any) -> None:
@@ -196,8 +273,7 @@ async def test_a_container_is_sent_as_it_was_when_sent() -> None:
 
     async with sender.test_context() as ctx:
         await ctx.put_many([b"a", b"b", b"c"], partition=0)
-    sent = [u[1]["seen"] for s in ctx.sent for _at, _ts, ups in s.value["e"] for u in ups]
-    assert sent == [["a"], ["a", "b"], ["a", "b", "c"]]
+    assert [value["seen"] for _, value in _updates(ctx.sent)] == [["a"], ["a", "b"], ["a", "b", "c"]]
 
 
 async def test_a_large_update_fits_a_plain_packed_record_once() -> None:
