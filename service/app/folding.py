@@ -23,9 +23,10 @@ from service.repartition import Headers, encode_folded
 if TYPE_CHECKING:
     from service.app.topic import SluiceTopic
 
-Bulk = tuple[Any, Sequence[Any], Sequence[Any], int, int, int | None]
-"""(topic, keys, values, index of the first send, timestamp, explicit partition or ``None``):
-one send call's updates, in the order sent, with consecutive indexes."""
+Bulk = tuple[Any, Sequence[Any], Sequence[Any], int, int, int | None, bool]
+"""(topic, keys, values, index of the first send, timestamp, explicit partition or ``None``,
+whether every value is an ``int``): one send call's updates, in the order sent, with
+consecutive indexes."""
 
 I64_MIN, U64_MAX = -(1 << 63), (1 << 64) - 1
 """The integers JSON (orjson) carries."""
@@ -55,11 +56,13 @@ def split_pairs(pairs: Sequence[tuple[Any, Any]]) -> tuple[tuple[Any, ...], tupl
 
 
 class _Fold:
-    __slots__ = ("parts", "topic", "ts")
+    __slots__ = ("ints", "parts", "topic", "ts")
 
     def __init__(self, topic: SluiceTopic, ts: int) -> None:
         self.topic = topic
         self.ts = ts
+        self.ints = True
+        """Every value is an ``int`` (so ``operator.add`` merges with ``sum``)."""
         """Event time of the batch's first send from the source: the records' ``ts``."""
         self.parts: defaultdict[Any, list[tuple[Any, int, Any]]] = defaultdict(list)
         """Key (or ``(partition, key)`` sent to a partition other than the key's) ->
@@ -75,11 +78,13 @@ class Folds:
     def take(self, bulks: list[Bulk], source: str, at: Any, fence: int) -> None:
         """A done unit's sends (``at``: its offset, or its whole position after more than one
         hop) join the batch's, after the batch's earlier ones from ``source``."""
-        for topic, keys, values, first, ts, partition in bulks:
+        for topic, keys, values, first, ts, partition, ints in bulks:
             slot = (topic.name, source, fence)
             fold = self._folds.get(slot)
             if fold is None:
                 fold = self._folds[slot] = _Fold(topic, ts)
+            if not ints:
+                fold.ints = False
             if partition is not None:
                 place = topic.placement()
                 keys = [key if place(key) == partition else (partition, key) for key in keys]
@@ -108,6 +113,6 @@ class Folds:
             combine = fold.topic.combine
             assert combine is not None  # a folding topic has one
             for target, group in by_target.items():
-                for value, headers in encode_folded(source, fold.ts, group, combine):
+                for value, headers in encode_folded(source, fold.ts, group, combine, ints=fold.ints):
                     add(fence, name, target, value, headers)
         self._folds.clear()

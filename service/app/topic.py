@@ -268,7 +268,7 @@ class SluiceTopic(Topic):
         first = unit.sends
         if plain_updates(keys, values):
             unit.sends = first + len(keys)
-            unit.fold((self, keys, values, first, ts, partition))
+            unit.fold((self, keys, values, first, ts, partition, True))
             return
         texts: list[str] = []
         settled: list[Any] = []
@@ -280,7 +280,7 @@ class SluiceTopic(Topic):
                 settled.append(value)
         finally:  # the items before one that raised are sent, as separate sends would be
             if texts:
-                unit.fold((self, texts, settled, first, ts, partition))
+                unit.fold((self, texts, settled, first, ts, partition, False))
 
     def _update(self, unit: Any, key: Any, value: Any) -> tuple[str, Any]:
         """A packed send's key as text and its value as the record will carry it."""
