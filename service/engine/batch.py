@@ -1,6 +1,10 @@
 """One fetched batch: admission, the agents, then phase A (at-least-once) or one transaction per
 partition number (exactly-once).
 
+Phase A of a batch is acknowledged while the next batch is processed: the worker computes
+instead of waiting for the broker (:meth:`.durability.Durability.start_phase_a`). Nothing is
+committed before it is acknowledged.
+
 Which records are processed: those of partitions still assigned and not fenced, from their
 resume position on (:mod:`.progress`), within the per-partition rate limit; plus an empty
 batch for an input that reports its position to watermarks and moved without records
@@ -97,7 +101,7 @@ class Batches:
             rt.progress.advance(tp, position)
             self._reported[tp] = position
         if shared is not None:
-            await shared.flush()  # phase A: outputs, sends, dead letters
+            await self.durability.start_phase_a(shared)  # outputs, sends, dead letters
         else:
             await self._commit_transactions(senders)
 

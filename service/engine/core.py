@@ -210,6 +210,7 @@ class Engine:
         """Leave the group and release clients and stores (after :meth:`run` or on failure)."""
         self.state = "stopping"
         rt = self.rt
+        await self.durability.abandon_phase_a()
         if rt.consumer is not None:
             await rt.consumer.stop()
         if rt.producer is not None:

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
@@ -44,6 +45,36 @@ class Durability:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.last_commit = time.monotonic()
+        self._phase_a: asyncio.Future[Any] | None = None
+        """The last batch's phase A, while the broker acknowledges it."""
+
+    async def start_phase_a(self, sender: Sender) -> None:
+        """Send a batch's phase A (at-least-once) and return without waiting for the broker:
+        the next batch is processed meanwhile (the worker was idle for 14% of a wordcount run
+        waiting for acknowledgements). The previous batch's is awaited first, so one is in
+        flight at a time and a failure surfaces one batch later at most — before anything is
+        committed: :meth:`commit` and every phase B start with :meth:`settle_phase_a`. (The
+        producer keeps each partition's records in order across the two.)"""
+        await self.settle_phase_a()
+        self._phase_a = asyncio.ensure_future(sender.flush())
+
+    async def settle_phase_a(self) -> None:
+        """Wait for the in-flight phase A; raise what it raised (to every caller that waits)."""
+        pending = self._phase_a
+        if pending is not None:
+            try:
+                await pending
+            finally:
+                if self._phase_a is pending:
+                    self._phase_a = None
+
+    async def abandon_phase_a(self) -> None:
+        """Closing after a failure: let the in-flight phase A end (its outcome no longer
+        matters: nothing more is committed)."""
+        pending, self._phase_a = self._phase_a, None
+        if pending is not None:
+            with contextlib.suppress(Exception):
+                await pending
 
     def pending(self) -> set[int]:
         """Partition numbers with something for phase B."""
@@ -140,6 +171,7 @@ class Durability:
         rt = self.rt
         consumer = rt.consumer
         assert consumer is not None
+        await self.settle_phase_a()  # outputs before changelog and offsets (G1)
         if not rt.eos:
             await self.phase_b()
         progress = rt.progress
