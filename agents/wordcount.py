@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import operator
 import re
-from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from service.app.units import BadRecord
@@ -28,12 +27,19 @@ from tables import wordcount as table_def
 _WORD = re.compile(r"\w+")
 
 
-def tokens(line: str) -> Counter[str]:
-    """Words of a line with their number of occurrences, in order of first appearance."""
-    return Counter(_WORD.findall(line.lower()))
+def tokens(line: str) -> dict[str, int]:
+    """Words of a line with their number of occurrences, in order of first appearance.
+
+    A plain loop, not ``Counter(...)``: building a Counter costs more than finding the words
+    (1.5 µs against 1.3 µs for a bench line), most of it in its generic ``update``."""
+    counts: dict[str, int] = {}
+    get = counts.get
+    for word in _WORD.findall(line.lower()):
+        counts[word] = get(word, 0) + 1
+    return counts
 
 
-def words_of(value: bytes | None, limit: int) -> Counter[str]:
+def words_of(value: bytes | None, limit: int) -> dict[str, int]:
     """The words of one input record; :class:`BadRecord` names what is wrong with it."""
     if value is None:
         raise BadRecord("null_value")
