@@ -5,15 +5,14 @@ Why a path of its own: a wordcount line sends about ten words. Kept as one tuple
 the unit, moved per send into the batch's entries and folded per send again when the batch was
 encoded, the words cost three Python steps each — a third of the worker's CPU. Here a unit
 keeps a send call's keys and values as they came (checked in C-speed passes: ``map`` over
-builtins), a done unit's sends join the batch's per-key parts in one C-speed pass
-(:meth:`Folds.take`), and the merge happens once per key of the batch, not per send
+builtins), a done unit's sends join the batch's per-key parts in one loop (:meth:`Folds.take`),
+and the merge happens once per key of the batch, a column at a time, not per send
 (:func:`service.repartition.encode_folded`). The records carry the same updates, origins and
 parts as before; only the parts header lists them per key instead of per sending event.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from itertools import repeat
 from typing import TYPE_CHECKING, Any
@@ -64,7 +63,7 @@ class _Fold:
         self.ints = True
         """Every value is an ``int`` (so ``operator.add`` merges with ``sum``)."""
         """Event time of the batch's first send from the source: the records' ``ts``."""
-        self.parts: defaultdict[Any, list[tuple[Any, int, Any]]] = defaultdict(list)
+        self.parts: dict[Any, list[tuple[Any, int, Any]]] = {}
         """Key (or ``(partition, key)`` sent to a partition other than the key's) ->
         ``(at, index, value)`` of each send, in the order of their positions."""
 
@@ -88,15 +87,11 @@ class Folds:
             if partition is not None:
                 place = topic.placement()
                 keys = [key if place(key) == partition else (partition, key) for key in keys]
-            # One pass in C: parts[key].append((at, index, value)) for each send.
-            deque(
-                map(
-                    list.append,
-                    map(fold.parts.__getitem__, keys),
-                    zip(repeat(at), range(first, first + len(keys)), values),
-                ),
-                maxlen=0,
-            )
+            # One loop; measured faster than the same with map() over a defaultdict's
+            # __getitem__ and list.append (1.6 against 2.4 µs for a bench line's words).
+            join = fold.parts.setdefault
+            for key, part in zip(keys, zip(repeat(at), range(first, first + len(keys)), values), strict=True):
+                join(key, []).append(part)
 
     def finish(self, add: Callable[[int, str, int, bytes, Headers], None]) -> None:
         """Encode every target partition's updates: ``add(fence, topic, target, value, headers)``
