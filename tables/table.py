@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tables.codec import Row, decode_row, encode_row
-from tables.positions import DUPLICATE, Origin, verdict
+from tables.positions import DUPLICATE, NEW, Origin, verdict
 from tables.store import Store
 
 META_PREFIX = "\x00"
@@ -132,7 +132,22 @@ class TablePartition:
     def write(self, key: str, value: Any, origin: Origin, *, deleted: bool = False) -> Any:
         """Set ``key`` to ``value`` (or a tombstone) having applied ``origin`` (the caller
         checked it is new); return the previous pending entry (for :meth:`restore_pending`)."""
+        return self._put(key, self.row(key), value, origin, deleted)
+
+    def guarded_write(
+        self, key: str, value: Any, origin: Origin, *, deleted: bool = False
+    ) -> tuple[str, Any]:
+        """:meth:`check`, then :meth:`write` if ``origin`` is new, reading the row once: the
+        verdict and the previous pending entry (``MISSING`` when nothing was written)."""
         row = self.row(key)
+        found = row_verdict(origin, row)
+        if found is not NEW:
+            if found is DUPLICATE:
+                self.duplicates_skipped += origin.updates
+            return found, MISSING
+        return found, self._put(key, row, value, origin, deleted)
+
+    def _put(self, key: str, row: Row | None, value: Any, origin: Origin, deleted: bool) -> Any:
         positions = dict(row.positions) if row is not None else {}
         live = self.live_sources
         if live is not None and len(positions) > len(live):

@@ -100,11 +100,14 @@ class Folds:
             place = fold.topic.placement()
             by_target: dict[int, dict[str, list[tuple[Any, int, Any]]]] = {}
             for key, parts in fold.parts.items():
-                target, text = key if key.__class__ is tuple else (place(key), key)
+                if key.__class__ is tuple:
+                    target, key = key
+                else:
+                    target = place(key)
                 group = by_target.get(target)
                 if group is None:
                     group = by_target[target] = {}
-                group[text] = parts
+                group[key] = parts
             combine = fold.topic.combine
             assert combine is not None  # a folding topic has one
             for target, group in by_target.items():

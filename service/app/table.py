@@ -217,18 +217,17 @@ class SluiceTable(Table[Any, Any]):
             self.app.sluice_metrics.late_events.labels(unit.job).inc()
             return
         origin = unit.write_origin(part, stored)
-        verdict = part.check(stored, origin)
+        if deleted and self.window is not None:
+            verdict = part.check(stored, origin)
+            previous = part.remove(stored) if verdict is NEW else None
+        else:  # the check and the write read the row once
+            stored_value = None if deleted else self.to_storage(value)
+            verdict, previous = part.guarded_write(stored, stored_value, origin, deleted=deleted)
         if verdict is DUPLICATE:
             unit.replay = True  # every effect of this event is durable already (see units)
             return
         if verdict is not NEW:
             raise Redeliver()
-        if deleted and self.window is not None:
-            previous = part.remove(stored)
-        else:
-            previous = part.write(
-                stored, None if deleted else self.to_storage(value), origin, deleted=deleted
-            )
         unit.wrote(part, stored, previous)
 
     def _check_combined(self, origin: Origin, row: Row | None) -> None:
