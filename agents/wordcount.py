@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 from tables import wordcount as table_def
 
 _WORD = re.compile(r"\w+")
+_ASCII_WORD = re.compile(r"\w+", re.ASCII)
+r"""The same words in an ASCII line (``\w`` matches the same ASCII characters either way), found
+a fifth faster."""
 
 
 def tokens(line: str) -> dict[str, int]:
@@ -34,7 +37,7 @@ def tokens(line: str) -> dict[str, int]:
     (1.5 µs against 1.3 µs for a bench line), most of it in its generic ``update``."""
     counts: dict[str, int] = {}
     get = counts.get
-    for word in _WORD.findall(line.lower()):
+    for word in (_ASCII_WORD if line.isascii() else _WORD).findall(line.lower()):
         counts[word] = get(word, 0) + 1
     return counts
 
