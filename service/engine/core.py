@@ -105,6 +105,10 @@ class Engine:
             isolation_level="read_committed",
             max_poll_interval_ms=300_000,
             fetch_max_bytes=max(settings.max_batch_bytes, 1 << 20),  # not much more than a batch
+            # A partition's fetch may fill a batch: at 1 MiB (the client's default) a batch of
+            # short lines was cut where one fetch response ended and the next began, so most
+            # batches held two partitions' pieces, and a batch's sends folded half as well.
+            max_partition_fetch_bytes=max(settings.max_batch_bytes, 1 << 20),
             metadata_max_age_ms=settings.metadata_max_age_ms,
             session_timeout_ms=settings.session_timeout_ms,
             heartbeat_interval_ms=max(100, settings.session_timeout_ms // 3),
