@@ -137,7 +137,8 @@ class Settings(BaseSettings):
         ge=1024,
         description="Most bytes of record keys and values in one batch (at least one record): "
         "a batch of large records is cut short, so that no batch keeps the event loop busy for "
-        "long (heartbeats and the stall check wait for it).",
+        "long (heartbeats and the stall check wait for it). Also the most the consumer fetches "
+        "per request and per partition.",
     )
     max_record_bytes: int = Field(
         default=1_048_576, ge=16, description="Larger input values go to dead letters as oversized."
