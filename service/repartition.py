@@ -110,9 +110,9 @@ def _record(
     if combine is None or not entries:
         doc["e"] = entries
     else:
+        headers = [(PARTS_HEADER, orjson.dumps(entries))]  # before a combine may change a part
         doc["ts"] = entries[0][1]
         doc["c"] = _fold(entries, combine)
-        headers = [(PARTS_HEADER, orjson.dumps(entries))]
     if clock is not None:
         doc["w"], doc["o"] = clock
     return orjson.dumps(doc), headers
@@ -139,40 +139,49 @@ _AT, _SEQ, _VALUE, _LAST = itemgetter(0), itemgetter(1), itemgetter(2), itemgett
 
 def encode_folded(
     source: str,
-    ts: int,
+    ts_of: Callable[[tuple[Any, int, Any]], int],
     parts: dict[str, list[tuple[Any, int, Any]]],
     combine: Combine,
     *,
     ints: bool = False,
+    merge: bool = True,
 ) -> list[tuple[bytes, Headers]]:
     """The records carrying a batch's sends to one target of a folding topic
     (:mod:`service.app.folding`): ``parts`` is key -> ``(at, seq, payload)`` of each send in
     position order. One combined update per key; the parts header lists the parts per key
     (``{key: [[at, seq, payload], ...]}``). Split like :func:`encode` when over the limit.
+    A record's ``ts`` is ``ts_of`` its earliest part (what the first entry of a per-event
+    record carries).
 
     The updates are computed a column at a time with builtins (no Python frame per key):
     ``ints`` (every payload an ``int``) lets ``operator.add`` merge with ``sum``."""
+    header = orjson.dumps(parts)  # before merging: a combine may change its first argument
     each = list(parts.values())
     firsts, lasts = list(map(_AT, each)), list(map(_LAST, each))
+    ts = ts_of(min(firsts)) if firsts else 0
     payloads = map(map, repeat(_VALUE), each)
     if ints and combine is operator.add:
         totals = map(sum, payloads)
     else:
         totals = map(reduce, repeat(combine), payloads)
-    updates = list(
-        zip(
-            parts,
-            totals,
-            map(_AT, firsts),
-            map(_SEQ, firsts),
-            map(_AT, lasts),
-            map(_SEQ, lasts),
-            map(len, each),
-            strict=True,
+    try:
+        updates = list(
+            zip(
+                parts,
+                totals,
+                map(_AT, firsts),
+                map(_SEQ, firsts),
+                map(_AT, lasts),
+                map(_SEQ, lasts),
+                map(len, each),
+                strict=True,
+            )
         )
-    )
-    value = orjson.dumps({"s": source, "ts": ts, "c": updates})
-    header = orjson.dumps(parts)
+        value = orjson.dumps({"s": source, "ts": ts, "c": updates})
+    except Exception:  # a merge that raises, or that JSON cannot carry (an int past 64 bits)
+        if not merge:
+            raise
+        return _unmerged(source, ts_of, parts, combine)
     size = len(value) + len(header)
     if size <= MAX_REPARTITION_RECORD:
         return [(value, [(PARTS_HEADER, header)])]
@@ -187,7 +196,33 @@ def encode_folded(
             raise OversizedUpdate(f"one update needs {size} bytes")
         step = -(-len(sent) // min(pieces, len(sent)))
         chunks = [{key: sent[i : i + step]} for i in range(0, len(sent), step)]
-    return [piece for chunk in chunks for piece in encode_folded(source, ts, chunk, combine, ints=ints)]
+    return [piece for chunk in chunks for piece in encode_folded(source, ts_of, chunk, combine, ints=ints)]
+
+
+def _unmerged(
+    source: str,
+    ts_of: Callable[[tuple[Any, int, Any]], int],
+    parts: dict[str, list[tuple[Any, int, Any]]],
+    combine: Combine,
+) -> list[tuple[bytes, Headers]]:
+    """A batch with keys whose merge cannot be carried (it raises, or JSON cannot hold it):
+    those keys' parts travel one per record, unmerged — each was checked at its send — and
+    the other keys as usual. Failing the batch instead would fail it again after every restart.
+    Each record still holds one update per key, which is what the guard relies on."""
+    mergeable: dict[str, list[tuple[Any, int, Any]]] = {}
+    apart: dict[str, list[tuple[Any, int, Any]]] = {}
+    for key, sent in parts.items():
+        try:
+            orjson.dumps(reduce(combine, map(_VALUE, sent)))
+        except Exception:
+            apart[key] = sent
+        else:
+            mergeable[key] = sent
+    out = encode_folded(source, ts_of, mergeable, combine, merge=False) if mergeable else []
+    for key, sent in apart.items():
+        for part in sent:
+            out += encode_folded(source, ts_of, {key: [part]}, combine, merge=False)
+    return out
 
 
 @dataclass(frozen=True)

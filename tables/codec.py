@@ -16,6 +16,9 @@ import orjson
 
 from tables.positions import Positions
 
+I64_MIN, U64_MAX = -(1 << 63), (1 << 64) - 1
+"""The integers JSON (orjson) carries: a row's, or a packed record's."""
+
 
 class Row(NamedTuple):
     value: Any

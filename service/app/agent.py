@@ -227,7 +227,10 @@ class SluiceAgent(Agent):
             unit.rollback()
         for unit in units:
             assert isinstance(unit.event, SluiceEvent)
-            events.extend(split_combined(unit.event))
+            try:
+                events.extend(split_combined(unit.event))
+            except Exception as exc:  # parts that do not hold the event's: not a sluice record
+                self._dead_letter(stream, unit, BadRecord("invalid_repartition_record", repr(exc)))
         stream.feed.push_front(events)
         stream.finish(committed=False)
 

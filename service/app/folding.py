@@ -7,8 +7,9 @@ encoded, the words cost three Python steps each — a third of the worker's CPU.
 keeps a send call's keys and values as they came (checked in C-speed passes: ``map`` over
 builtins), a done unit's sends join the batch's per-key parts in one loop (:meth:`Folds.take`),
 and the merge happens once per key of the batch, a column at a time, not per send
-(:func:`service.repartition.encode_folded`). The records carry the same updates, origins and
-parts as before; only the parts header lists them per key instead of per sending event.
+(:func:`service.repartition.encode_folded`). The records carry the same updates, origins,
+timestamps and parts as per-event records; only the parts header lists them per key instead
+of per sending event.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 from service.repartition import Headers, encode_folded
+from tables.codec import I64_MIN, U64_MAX
 
 if TYPE_CHECKING:
     from service.app.topic import SluiceTopic
@@ -27,8 +29,6 @@ Bulk = tuple[Any, Sequence[Any], Sequence[Any], int, int, int | None, bool]
 whether every value is an ``int``): one send call's updates, in the order sent, with
 consecutive indexes."""
 
-I64_MIN, U64_MAX = -(1 << 63), (1 << 64) - 1
-"""The integers JSON (orjson) carries."""
 SMALL_KEY = 16_384
 """Characters of a packed send's key below which, with an integer value, the update surely fits
 a repartition record (no need to encode it to know)."""
@@ -55,17 +55,29 @@ def split_pairs(pairs: Sequence[tuple[Any, Any]]) -> tuple[tuple[Any, ...], tupl
 
 
 class _Fold:
-    __slots__ = ("ints", "parts", "topic", "ts")
+    __slots__ = ("ints", "parts", "times", "topic")
 
-    def __init__(self, topic: SluiceTopic, ts: int) -> None:
+    def __init__(self, topic: SluiceTopic) -> None:
         self.topic = topic
-        self.ts = ts
         self.ints = True
         """Every value is an ``int`` (so ``operator.add`` merges with ``sum``)."""
-        """Event time of the batch's first send from the source: the records' ``ts``."""
         self.parts: dict[Any, list[tuple[Any, int, Any]]] = {}
         """Key (or ``(partition, key)`` sent to a partition other than the key's) ->
         ``(at, index, value)`` of each send, in the order of their positions."""
+        self.times: dict[Any, list[tuple[int, int]]] = {}
+        """``at`` (a tuple for a whole position) -> ``(first index, timestamp)`` of each send
+        call: a record carries the timestamp of its earliest part's send, as per-event
+        records did (:meth:`ts_of`)."""
+
+    def ts_of(self, part: tuple[Any, int, Any]) -> int:
+        at, index = part[0], part[1]
+        calls = self.times[at if at.__class__ is int else tuple(at)]
+        ts = calls[0][1]
+        for first, call_ts in calls:
+            if first > index:
+                break
+            ts = call_ts
+        return ts
 
 
 class Folds:
@@ -81,9 +93,10 @@ class Folds:
             slot = (topic.name, source, fence)
             fold = self._folds.get(slot)
             if fold is None:
-                fold = self._folds[slot] = _Fold(topic, ts)
+                fold = self._folds[slot] = _Fold(topic)
             if not ints:
                 fold.ints = False
+            fold.times.setdefault(at if at.__class__ is int else tuple(at), []).append((first, ts))
             if partition is not None:
                 place = topic.placement()
                 keys = [key if place(key) == partition else (partition, key) for key in keys]
@@ -111,6 +124,6 @@ class Folds:
             combine = fold.topic.combine
             assert combine is not None  # a folding topic has one
             for target, group in by_target.items():
-                for value, headers in encode_folded(source, fold.ts, group, combine, ints=fold.ints):
+                for value, headers in encode_folded(source, fold.ts_of, group, combine, ints=fold.ints):
                     add(fence, name, target, value, headers)
         self._folds.clear()

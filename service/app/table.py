@@ -28,7 +28,7 @@ from faust import Table
 
 from service.app.units import BadRecord, Redeliver, current_unit
 from service.kafka.murmur2 import partition_for_key
-from tables.codec import Row
+from tables.codec import I64_MIN, U64_MAX, Row
 from tables.positions import DUPLICATE, NEW, PARTIAL, Origin
 from tables.table import TablePartition, TableSpec, row_verdict
 
@@ -222,6 +222,9 @@ class SluiceTable(Table[Any, Any]):
             previous = part.remove(stored) if verdict is NEW else None
         else:  # the check and the write read the row once
             stored_value = None if deleted else self.to_storage(value)
+            if stored_value.__class__ is int and not I64_MIN <= stored_value <= U64_MAX:
+                # JSON (the row's encoding) cannot carry it: this event's, not the commit's, failure
+                raise BadRecord("unencodable_value", "an integer past 64 bits: no row can hold it")
             verdict, previous = part.guarded_write(stored, stored_value, origin, deleted=deleted)
         if verdict is DUPLICATE:
             unit.replay = True  # every effect of this event is durable already (see units)

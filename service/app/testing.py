@@ -130,15 +130,21 @@ class TestContext:
         await self._process([self._record(value, key, partition, offset, timestamp, headers, origin)])
 
     async def put_many(
-        self, values: list[Any], *, keys: list[Any] | None = None, partition: int | None = None
+        self,
+        values: list[Any],
+        *,
+        keys: list[Any] | None = None,
+        partition: int | None = None,
+        timestamps: list[float] | None = None,
     ) -> None:
-        """Process ``values`` (with ``keys``) as one fetched batch of one partition, at its next
-        offsets, so that a ``take()`` gets them together."""
+        """Process ``values`` (with ``keys``, event ``timestamps`` in seconds) as one fetched
+        batch of one partition, at its next offsets, so that a ``take()`` gets them together."""
         keys = keys if keys is not None else [None] * len(values)
-        first = self._record(values[0], keys[0], partition, None, None, None, None)
+        times: list[float | None] = list(timestamps) if timestamps is not None else [None] * len(values)
+        first = self._record(values[0], keys[0], partition, None, times[0], None, None)
         rest = [
-            self._record(value, key, first.partition, None, None, None, None)
-            for value, key in zip(values[1:], keys[1:], strict=True)
+            self._record(value, key, first.partition, None, ts, None, None)
+            for value, key, ts in zip(values[1:], keys[1:], times[1:], strict=True)
         ]
         await self._process([first, *rest])
 

@@ -11,8 +11,9 @@ sluice options of ``app.topic(...)``:
 * ``pack=True`` — an internal topic only sluice agents read: the sends of a batch are packed
   per target partition into few records (:mod:`service.repartition`), which costs a fraction of
   a record per send. ``combine=fn`` (an associative merge of two values of one key, e.g.
-  ``operator.add``) further merges each key's values per batch, with the individual parts kept
-  for the guard. ``watermarks=True`` makes every sending source report the event time it has
+  ``operator.add``, returning a new value rather than changing its arguments) further merges
+  each key's values per batch, with the individual parts kept for the guard; a key whose merge
+  raises or cannot be carried (an integer past 64 bits) travels unmerged. ``watermarks=True`` makes every sending source report the event time it has
   reached to every partition (what windowed tables close on, :mod:`tables.watermark`).
 """
 
@@ -27,11 +28,12 @@ import orjson
 from faust import Topic
 
 from service.app.events import message
-from service.app.folding import DICT_ITEMS, I64_MIN, SMALL_KEY, U64_MAX, plain_updates, split_pairs
+from service.app.folding import DICT_ITEMS, SMALL_KEY, plain_updates, split_pairs
 from service.app.units import BadRecord
 from service.app.units import _current as _unit
 from service.kafka.murmur2 import partition_for_key
 from service.repartition import MAX_REPARTITION_RECORD
+from tables.codec import I64_MIN, U64_MAX
 
 if TYPE_CHECKING:
     from faust.types import Message
@@ -245,22 +247,32 @@ class SluiceTopic(Topic):
 
     def _fold(self, unit: Any, items: Iterable[tuple[Any, Any]], partition: int | None, ts: int) -> None:
         """Sends to a folding topic: kept as the call's keys and values (``Unit.folded``) when
-        the C-speed check clears them all, else checked one by one as :meth:`_pack` does."""
+        the C-speed check clears them all, else one item at a time as :meth:`_pack` does — so
+        that an item that is not a pair, or that is refused, or an iterable that fails, leaves
+        the items before it sent and raises, as one send per item would."""
         if items.__class__ is DICT_ITEMS:  # a dict's (a Counter's) items: no pair made per item
             mapping = items.mapping  # type: ignore[attr-defined]
             if mapping:
                 self._fold_columns(unit, tuple(mapping), tuple(mapping.values()), partition, ts)
             return
+        failure: BaseException | None = None
         if isinstance(items, list | tuple):
-            if items:
-                self._fold_columns(unit, *split_pairs(items), partition, ts)
-            return
-        pairs: list[tuple[Any, Any]] = []
-        try:
-            pairs.extend(items)  # keeps what came before an item the iterable failed to make
-        finally:  # and those are sent, as one send per item would have sent them
-            if pairs:
-                self._fold_columns(unit, *split_pairs(pairs), partition, ts)
+            pairs: Sequence[Any] = items
+        else:
+            pairs = []
+            try:
+                pairs.extend(items)  # keeps what came before an item the iterable failed to make
+            except BaseException as exc:  # raised after the items before it are sent
+                failure = exc
+        if pairs:
+            try:
+                keys, values = split_pairs(pairs)
+            except (TypeError, ValueError):  # an item that is not a pair: raised at that item
+                self._fold_each(unit, pairs, partition, ts)
+            else:
+                self._fold_columns(unit, keys, values, partition, ts)
+        if failure is not None:
+            raise failure
 
     def _fold_columns(
         self, unit: Any, keys: Sequence[Any], values: Sequence[Any], partition: int | None, ts: int
@@ -269,11 +281,15 @@ class SluiceTopic(Topic):
         if plain_updates(keys, values):
             unit.sends = first + len(keys)
             unit.fold((self, keys, values, first, ts, partition, True))
-            return
+        else:
+            self._fold_each(unit, zip(keys, values, strict=True), partition, ts)
+
+    def _fold_each(self, unit: Any, items: Iterable[Any], partition: int | None, ts: int) -> None:
+        first = unit.sends
         texts: list[str] = []
         settled: list[Any] = []
         try:
-            for key, value in zip(keys, values, strict=True):
+            for key, value in items:
                 unit.sends += 1  # an item that raises used its index, as a send does
                 key_text, value = self._update(unit, key, value)
                 texts.append(key_text)
@@ -284,7 +300,12 @@ class SluiceTopic(Topic):
 
     def _update(self, unit: Any, key: Any, value: Any) -> tuple[str, Any]:
         """A packed send's key as text and its value as the record will carry it."""
-        key_text = key if key.__class__ is str else orjson.dumps(key).decode()
+        if key.__class__ is str:
+            key_text = key
+        elif isinstance(key, str):  # a str subclass (an enum of str): its text, as a plain send's
+            key_text = str.__str__(key)
+        else:
+            key_text = orjson.dumps(key).decode()
         if value.__class__ not in _PLAIN and hasattr(value, "to_representation"):
             value = value.to_representation()
         if not (

@@ -57,7 +57,9 @@ class Assignments:
     async def revoked(self, stalled: bool) -> None:
         rt = self.rt
         try:
-            if not stalled:
+            if stalled:
+                self.durability.drop_phase_a()
+            else:
                 await self.durability.commit()
         except KafkaError as exc:
             log.warning("commit on revocation failed", extra={"error": str(exc)})

@@ -4,8 +4,10 @@ One consumer in group ``SLUICE_APP_ID`` reads every topic the app's agents read.
 fetched batch (:mod:`.batch`):
 
 1. the agents process it (:class:`service.engine.workload.Workload`, the app's data plane);
-2. **phase A**: their sends, outputs and dead letters are sent and acknowledged (``acks=all``);
-3. **phase B** and the commit, every ``SLUICE_COMMIT_INTERVAL_MS`` (:mod:`.durability`).
+2. **phase A**: their sends, outputs and dead letters are sent and acknowledged (``acks=all``),
+   while the next batch is processed;
+3. **phase B** and the commit, every ``SLUICE_COMMIT_INTERVAL_MS``, once phase A is
+   acknowledged (:mod:`.durability`).
 
 Nothing is committed whose effects are not acknowledged, and an exception in agent code
 dead-letters the event instead of silently acknowledging it (faust-streaming #315, #527).
@@ -257,6 +259,7 @@ class Engine:
         consumer = rt.consumer
         assert consumer is not None and self.assignments is not None
         log.warning("dropping in-flight and pending work", extra={"reason": why})
+        self.durability.drop_phase_a()
         self.assignments.drop_pending()
         for tp, offset in rt.progress.rewind().items():
             if tp in consumer.assignment():

@@ -52,9 +52,9 @@ class Durability:
         """Send a batch's phase A (at-least-once) and return without waiting for the broker:
         the next batch is processed meanwhile (the worker was idle for 14% of a wordcount run
         waiting for acknowledgements). The previous batch's is awaited first, so one is in
-        flight at a time and a failure surfaces one batch later at most — before anything is
-        committed: :meth:`commit` and every phase B start with :meth:`settle_phase_a`. (The
-        producer keeps each partition's records in order across the two.)"""
+        flight at a time, and a failure surfaces before anything more is sent or committed:
+        :meth:`commit` (every phase B) starts with :meth:`settle_phase_a`. A stall drops it
+        (:meth:`drop_phase_a`). (The producer keeps each partition's records in order.)"""
         await self.settle_phase_a()
         self._phase_a = asyncio.ensure_future(sender.flush())
 
@@ -67,6 +67,19 @@ class Durability:
             finally:
                 if self._phase_a is pending:
                     self._phase_a = None
+
+    def drop_phase_a(self) -> None:
+        """The worker was stalled (most likely expelled): hand nothing more of the in-flight
+        phase A to the producer — what it already has still goes, as it did when the stall
+        came during the wait for it. The batch is processed again from the durable positions
+        (the guard drops what reached the tables anyway)."""
+        pending, self._phase_a = self._phase_a, None
+        if pending is None:
+            return
+        if not pending.done():
+            pending.cancel()
+        elif not pending.cancelled():
+            pending.exception()  # its outcome no longer matters: nothing of it is committed
 
     async def abandon_phase_a(self) -> None:
         """Closing after a failure: let the in-flight phase A end (its outcome no longer
