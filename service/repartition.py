@@ -11,7 +11,8 @@ send's index in it. A record carries them as JSON:
   for a topic with ``combine``: one update per key, the merge of the ``count`` updates of that
   key in the record's entries. The entries themselves travel in the ``sluice.parts`` header:
   per sending event as above, or — from a topic without watermarks, whose sends are folded per
-  key as units finish (:func:`encode_folded`) — per key, ``{key: [[at, seq, payload], ...]}``.
+  key as units finish (:mod:`service.folded_records`) — per key,
+  ``{key: [[at, seq, payload], ...]}``.
 * For a topic with watermarks, the last record of a batch for each target also carries ``"w"``
   and ``"o"``: the event time the source has reached and the source offset it has processed up
   to (see :mod:`tables.watermark`); a batch with no update for a target still sends it a record
@@ -36,12 +37,8 @@ dead-lettered, nothing of it sent.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import reduce
-from itertools import repeat
-from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -132,97 +129,6 @@ def _fold(entries: list[Entry], combine: Combine) -> list[list[Any]]:
                 slot[5] = seq
                 slot[6] += 1
     return list(totals.values())
-
-
-_AT, _SEQ, _VALUE, _LAST = itemgetter(0), itemgetter(1), itemgetter(2), itemgetter(-1)
-
-
-def encode_folded(
-    source: str,
-    ts_of: Callable[[tuple[Any, int, Any]], int],
-    parts: dict[str, list[tuple[Any, int, Any]]],
-    combine: Combine,
-    *,
-    ints: bool = False,
-    merge: bool = True,
-) -> list[tuple[bytes, Headers]]:
-    """The records carrying a batch's sends to one target of a folding topic
-    (:mod:`service.app.folding`): ``parts`` is key -> ``(at, seq, payload)`` of each send in
-    position order. One combined update per key; the parts header lists the parts per key
-    (``{key: [[at, seq, payload], ...]}``). Split like :func:`encode` when over the limit.
-    A record's ``ts`` is ``ts_of`` its earliest part (what the first entry of a per-event
-    record carries).
-
-    The updates are computed a column at a time with builtins (no Python frame per key):
-    ``ints`` (every payload an ``int``) lets ``operator.add`` merge with ``sum``."""
-    header = orjson.dumps(parts)  # before merging: a combine may change its first argument
-    each = list(parts.values())
-    firsts, lasts = list(map(_AT, each)), list(map(_LAST, each))
-    ts = ts_of(min(firsts)) if firsts else 0
-    payloads = map(map, repeat(_VALUE), each)
-    if ints and combine is operator.add:
-        totals = map(sum, payloads)
-    else:
-        totals = map(reduce, repeat(combine), payloads)
-    try:
-        updates = list(
-            zip(
-                parts,
-                totals,
-                map(_AT, firsts),
-                map(_SEQ, firsts),
-                map(_AT, lasts),
-                map(_SEQ, lasts),
-                map(len, each),
-                strict=True,
-            )
-        )
-        value = orjson.dumps({"s": source, "ts": ts, "c": updates})
-    except Exception:  # a merge that raises, or that JSON cannot carry (an int past 64 bits)
-        if not merge:
-            raise
-        return _unmerged(source, ts_of, parts, combine)
-    size = len(value) + len(header)
-    if size <= MAX_REPARTITION_RECORD:
-        return [(value, [(PARTS_HEADER, header)])]
-    pieces = -(-size * 5 // (MAX_REPARTITION_RECORD * 4))
-    keys = list(parts)
-    if len(keys) > 1:
-        step = -(-len(keys) // min(pieces, len(keys)))
-        chunks = [{key: parts[key] for key in keys[i : i + step]} for i in range(0, len(keys), step)]
-    else:
-        [(key, sent)] = parts.items()
-        if len(sent) <= 1:
-            raise OversizedUpdate(f"one update needs {size} bytes")
-        step = -(-len(sent) // min(pieces, len(sent)))
-        chunks = [{key: sent[i : i + step]} for i in range(0, len(sent), step)]
-    return [piece for chunk in chunks for piece in encode_folded(source, ts_of, chunk, combine, ints=ints)]
-
-
-def _unmerged(
-    source: str,
-    ts_of: Callable[[tuple[Any, int, Any]], int],
-    parts: dict[str, list[tuple[Any, int, Any]]],
-    combine: Combine,
-) -> list[tuple[bytes, Headers]]:
-    """A batch with keys whose merge cannot be carried (it raises, or JSON cannot hold it):
-    those keys' parts travel one per record, unmerged — each was checked at its send — and
-    the other keys as usual. Failing the batch instead would fail it again after every restart.
-    Each record still holds one update per key, which is what the guard relies on."""
-    mergeable: dict[str, list[tuple[Any, int, Any]]] = {}
-    apart: dict[str, list[tuple[Any, int, Any]]] = {}
-    for key, sent in parts.items():
-        try:
-            orjson.dumps(reduce(combine, map(_VALUE, sent)))
-        except Exception:
-            apart[key] = sent
-        else:
-            mergeable[key] = sent
-    out = encode_folded(source, ts_of, mergeable, combine, merge=False) if mergeable else []
-    for key, sent in apart.items():
-        for part in sent:
-            out += encode_folded(source, ts_of, {key: [part]}, combine, merge=False)
-    return out
 
 
 @dataclass(frozen=True)
@@ -317,7 +223,7 @@ class HeaderParts:
             raise ValueError(f"a combined repartition record without its {PARTS_HEADER} header")
         doc = orjson.loads(data)
         by_key: dict[str, list[tuple[list[int], Any]]] = {}
-        if isinstance(doc, dict):  # per key (encode_folded)
+        if isinstance(doc, dict):  # per key (service.folded_records)
             for key, sent in doc.items():
                 by_key[key] = [(_pos(at, seq), payload) for at, seq, payload in sent]
         else:  # per sending event (encode)

@@ -7,7 +7,7 @@ encoded, the words cost three Python steps each — a third of the worker's CPU.
 keeps a send call's keys and values as they came (checked in C-speed passes: ``map`` over
 builtins), a done unit's sends join the batch's per-key parts in one loop (:meth:`Folds.take`),
 and the merge happens once per key of the batch, a column at a time, not per send
-(:func:`service.repartition.encode_folded`). The records carry the same updates, origins,
+(:func:`service.folded_records.encode_folded`). The records carry the same updates, origins,
 timestamps and parts as per-event records; only the parts header lists them per key instead
 of per sending event.
 """
@@ -18,7 +18,8 @@ from collections.abc import Callable, Sequence
 from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
-from service.repartition import Headers, encode_folded
+from service.folded_records import encode_folded
+from service.repartition import Headers
 from tables.codec import I64_MIN, U64_MAX
 
 if TYPE_CHECKING:

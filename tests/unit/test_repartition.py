@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from agents import wordcount
-from service import repartition
+from service import folded_records, repartition
 from service.repartition import decode, encode
 from tables.store import PartitionStore
 from tables.table import TablePartition, TableSpec
@@ -56,7 +56,7 @@ def encode_combined(kind: str, entries: list[list[Any]]) -> list[tuple[bytes, re
     if kind == "entries":
         return encode("lines:0", entries, operator.add)
     times = {at: ts for at, ts, _ in entries}
-    return repartition.encode_folded("lines:0", lambda part: times[part[0]], folded(entries), operator.add)
+    return folded_records.encode_folded("lines:0", lambda part: times[part[0]], folded(entries), operator.add)
 
 
 ENCODERS = pytest.mark.parametrize("kind", ["entries", "folded"])
@@ -155,7 +155,7 @@ def test_a_batch_split_over_several_records_keeps_the_count(
 def test_a_folded_part_over_the_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(repartition, "MAX_REPARTITION_RECORD", 100)
     with pytest.raises(repartition.OversizedUpdate):
-        repartition.encode_folded("lines:0", lambda _part: 1, {"x" * 200: [(1, 0, 1)]}, operator.add)
+        folded_records.encode_folded("lines:0", lambda _part: 1, {"x" * 200: [(1, 0, 1)]}, operator.add)
 
 
 def test_records_without_combine_keep_each_update_origin() -> None:
