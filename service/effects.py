@@ -61,9 +61,14 @@ class Sender:
         batches = self._full + [(tp, slot[0], slot[1]) for tp, slot in self._open.items()]
         self._full, self._open = [], {}
         futures = []
-        for (topic, partition), builder, count in batches:
-            fut = await self._producer.send_batch(builder, topic, partition=partition)
-            futures.append((topic, partition, count, fut))
+        try:
+            for (topic, partition), builder, count in batches:
+                fut = await self._producer.send_batch(builder, topic, partition=partition)
+                futures.append((topic, partition, count, fut))
+        except BaseException:  # cancelled (a stall) or refused: nobody will wait for these
+            for *_, fut in futures:
+                fut.cancel()  # the producer's own futures are shielded: what it took still goes
+            raise
         last: dict[tuple[str, int], int] = {}
         if futures:
             # Every send's outcome is collected before the first failure is raised (none is left

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
-from functools import reduce
 from itertools import repeat
 from operator import itemgetter
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import orjson
 
 from service import repartition
-from service.repartition import PARTS_HEADER, Combine, Headers, OversizedUpdate
+from service.repartition import PARTS_HEADER, Combine, Headers, OversizedUpdate, merged
 
 _AT, _SEQ, _VALUE, _LAST = itemgetter(0), itemgetter(1), itemgetter(2), itemgetter(-1)
 
@@ -39,7 +38,7 @@ def encode_folded(
 
     The updates are computed a column at a time with builtins (no Python frame per key):
     ``ints`` (every payload an ``int``) lets ``operator.add`` merge with ``sum``."""
-    header = orjson.dumps(parts)  # before merging: a combine may change its first argument
+    header = orjson.dumps(parts)
     each = list(parts.values())
     firsts, lasts = list(map(_AT, each)), list(map(_LAST, each))
     ts = ts_of(min(firsts)) if firsts else 0
@@ -47,7 +46,7 @@ def encode_folded(
     if ints and combine is operator.add:
         totals = map(sum, payloads)
     else:
-        totals = map(reduce, repeat(combine), payloads)
+        totals = map(merged, repeat(combine), payloads)
     try:
         updates = list(
             zip(
@@ -97,7 +96,7 @@ def _unmerged(
     apart: dict[str, list[tuple[Any, int, Any]]] = {}
     for key, sent in parts.items():
         try:
-            orjson.dumps(reduce(combine, map(_VALUE, sent)))
+            orjson.dumps(merged(combine, map(_VALUE, sent)))
         except Exception:
             apart[key] = sent
         else:

@@ -37,8 +37,10 @@ dead-lettered, nothing of it sent.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from copy import copy
 from dataclasses import dataclass
+from functools import reduce
 from typing import Any
 
 import orjson
@@ -75,7 +77,14 @@ def encode(
     """The records (value, headers) carrying ``entries``, each under
     :data:`MAX_REPARTITION_RECORD`; ``clock`` (``(w, o)``) rides on the last one, so that no
     update of the batch reaches a table partition after the clock that follows it."""
-    value, headers = _record(source, entries, combine, clock)
+    try:
+        value, headers = _record(source, entries, combine, clock)
+    except Exception:  # a merge that raises, or that JSON cannot carry (an int past 64 bits)
+        if combine is None:
+            raise
+        # Unmerged, each update with its own origin (each was checked at its send): failing
+        # the batch would fail it again after every restart.
+        return encode(source, entries, None, clock)
     size = len(value) + sum(len(v) for _, v in headers)
     if size <= MAX_REPARTITION_RECORD:
         return [(value, headers)]
@@ -122,13 +131,29 @@ def _fold(entries: list[Entry], combine: Combine) -> list[list[Any]]:
         for key, payload, seq in updates:
             slot = totals.get(key)
             if slot is None:
-                totals[key] = [key, payload, offset, seq, offset, seq, 1]
+                totals[key] = [key, fresh(payload), offset, seq, offset, seq, 1]
             else:
                 slot[1] = combine(slot[1], payload)
                 slot[4] = offset
                 slot[5] = seq
                 slot[6] += 1
     return list(totals.values())
+
+
+_IMMUTABLE = (int, float, str, bytes, bool, type(None))
+
+
+def fresh(payload: Any) -> Any:
+    """``payload``, or a copy of it a merge may change: a combine may change its first argument
+    (``a.extend(b)``), and the parts must stay as sent — they are encoded again when a record
+    is split, and delivered one by one when a row applied only some of them."""
+    return payload if payload.__class__ in _IMMUTABLE else copy(payload)
+
+
+def merged(combine: Combine, payloads: Iterable[Any]) -> Any:
+    """``payloads`` merged left to right, starting from a :func:`fresh` first."""
+    each = iter(payloads)
+    return reduce(combine, each, fresh(next(each)))
 
 
 @dataclass(frozen=True)
@@ -148,6 +173,8 @@ def decode(value: bytes, headers: Any, combine: Combine | None) -> Decoded:
     if not isinstance(doc, dict):
         raise ValueError("not a JSON object")
     source = doc["s"] if "s" in doc else source_key(str(doc["t"]), int(doc["p"]), int(doc.get("i", 0)))
+    if source.__class__ is not str or ":" not in source:
+        raise ValueError(f"not a source key: {source!r}")
     clock = (int(doc["w"]), int(doc["o"])) if "w" in doc else None
     if "c" in doc:
         if combine is None:
@@ -207,11 +234,8 @@ class HeaderParts:
         are at or before it (already applied). At least one part is after it: the caller has
         checked that the last one is."""
         parts = self.split(key)
-        fresh = [payload for position, payload in parts if position > after]
-        merged = fresh[0]
-        for payload in fresh[1:]:
-            merged = self._combine(merged, payload)
-        return merged, len(parts) - len(fresh)
+        unseen = [payload for position, payload in parts if position > after]
+        return merged(self._combine, unseen), len(parts) - len(unseen)
 
     def split(self, key: str) -> list[tuple[list[int], Any]]:
         by_key = self._by_key if self._by_key is not None else self._decode()

@@ -265,7 +265,11 @@ def dead_letter_of(unit: Unit) -> tuple[bytes | None, bytes | None, tuple[str, i
     topic, _, partition = origin.source.split("@", 1)[0].split(">", 1)[0].partition("#")[0].rpartition(":")
     value = event.value.to_representation() if hasattr(event.value, "to_representation") else event.value
     key = event.key if isinstance(event.key, str) else orjson.dumps(event.key).decode()
-    return key.encode(), orjson.dumps(value), (topic, int(partition), origin.position[0])
+    try:
+        where = (topic, int(partition), int(origin.position[0]))
+    except (ValueError, TypeError, IndexError):  # an origin that names no source: the record's own
+        where = (msg.topic, msg.partition, msg.offset)
+    return key.encode(), orjson.dumps(value, default=repr), where
 
 
 def split_combined(event: SluiceEvent) -> list[SluiceEvent]:
@@ -275,7 +279,10 @@ def split_combined(event: SluiceEvent) -> list[SluiceEvent]:
         return [event]
     out = []
     rebuild = getattr(event.value, "from_data", None)
-    for position, payload in origin.parts.split(str(event.key)):
+    parts = origin.parts.split(str(event.key))
+    if not parts:
+        raise ValueError(f"no parts for key {event.key!r} in the record's parts header")
+    for position, payload in parts:
         value = rebuild(payload) if rebuild is not None else payload
         part_origin = Origin(origin.source, position, origin.timestamp_ms)
         out.append(

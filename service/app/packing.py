@@ -18,6 +18,7 @@ from service.repartition import MAX_REPARTITION_RECORD
 from tables.codec import I64_MIN, U64_MAX
 
 _PLAIN = (int, float, str, list, dict, bool, type(None))
+_SEQUENCES = {tuple, list}
 
 
 class PackedSends:
@@ -67,7 +68,11 @@ class PackedSends:
                 pairs.extend(items)  # keeps what came before an item the iterable failed to make
             except BaseException as exc:  # raised after the items before it are sent
                 failure = exc
-        if pairs:
+        if not pairs:
+            pass
+        elif not set(map(type, pairs)) <= _SEQUENCES:  # items that may be read only once: one by one
+            self._fold_each(unit, pairs, partition, ts)
+        else:
             try:
                 keys, values = split_pairs(pairs)
             except (TypeError, ValueError):  # an item that is not a pair: raised at that item

@@ -48,6 +48,23 @@ def split_window_key(stored: str) -> tuple[str, int]:
     return key, int(start)
 
 
+_SCALARS = (float, bool, type(None))
+
+
+def _check_storable(value: Any) -> None:
+    """Raise :class:`BadRecord` for a value no row can hold (JSON cannot carry it): the failure
+    of the event that writes it — not of every commit after it, which would crash-loop the
+    worker. An int is checked by range; a string, list or dict is encoded to know."""
+    if value.__class__ is int:
+        if not I64_MIN <= value <= U64_MAX:
+            raise BadRecord("unencodable_value", "an integer past 64 bits: no row can hold it")
+    elif value.__class__ not in _SCALARS:
+        try:
+            orjson.dumps(value)
+        except orjson.JSONEncodeError as exc:
+            raise BadRecord("unencodable_value", f"no row can hold it: {exc}") from None
+
+
 class SluiceTable(Table[Any, Any]):
     """``app.Table``: a Faust table whose partitions are :class:`tables.table.TablePartition`."""
 
@@ -222,9 +239,7 @@ class SluiceTable(Table[Any, Any]):
             previous = part.remove(stored) if verdict is NEW else None
         else:  # the check and the write read the row once
             stored_value = None if deleted else self.to_storage(value)
-            if stored_value.__class__ is int and not I64_MIN <= stored_value <= U64_MAX:
-                # JSON (the row's encoding) cannot carry it: this event's, not the commit's, failure
-                raise BadRecord("unencodable_value", "an integer past 64 bits: no row can hold it")
+            _check_storable(stored_value)
             verdict, previous = part.guarded_write(stored, stored_value, origin, deleted=deleted)
         if verdict is DUPLICATE:
             unit.replay = True  # every effect of this event is durable already (see units)

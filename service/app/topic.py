@@ -11,8 +11,8 @@ sluice options of ``app.topic(...)``:
 * ``pack=True`` — an internal topic only sluice agents read: the sends of a batch are packed
   per target partition into few records (:mod:`service.repartition`), which costs a fraction of
   a record per send. ``combine=fn`` (an associative merge of two values of one key, e.g.
-  ``operator.add``, returning a new value rather than changing its arguments) further merges
-  each key's values per batch, with the individual parts kept for the guard; a key whose merge
+  ``operator.add``; it may change its first argument, which is a copy) further merges each
+  key's values per batch, with the individual parts kept for the guard; a key whose merge
   raises or cannot be carried (an integer past 64 bits) travels unmerged. ``watermarks=True``
   makes every sending source report the event time it has reached to every partition (what
   windowed tables close on, :mod:`tables.watermark`).
@@ -30,6 +30,7 @@ from faust import Topic
 
 from service.app.events import message
 from service.app.packing import PackedSends
+from service.app.units import BadRecord
 from service.app.units import _current as _unit
 from service.kafka.murmur2 import partition_for_key
 
@@ -55,6 +56,17 @@ def _sent() -> asyncio.Future[Any]:
         _SENT = loop.create_future()
         _SENT.set_result(done)
     return _SENT
+
+
+def _check_timestamp(timestamp: float) -> None:
+    """A send's timestamp a Kafka record can carry (milliseconds in 64 bits), or the sending
+    event's bad input — not a batch that fails when it is encoded, again after every restart."""
+    try:
+        ms = int(timestamp * 1000)
+    except (TypeError, ValueError, OverflowError):
+        raise BadRecord("invalid_timestamp", f"not a time in seconds: {timestamp!r}") from None
+    if not -(1 << 63) <= ms < 1 << 63:
+        raise BadRecord("invalid_timestamp", f"{timestamp!r} s is past what a record carries")
 
 
 class SluiceTopic(PackedSends, Topic):
@@ -189,6 +201,8 @@ class SluiceTopic(PackedSends, Topic):
         unit = _unit.get()
         if unit is None:
             return self.app.data_plane.send_now(self, key, value, partition, timestamp, headers)  # type: ignore[no-any-return]
+        if timestamp is not None:
+            _check_timestamp(timestamp)
         if self.pack:
             ts = unit.origin.timestamp_ms if timestamp is None else int(timestamp * 1000)
             self._pack(unit, ((key, value),), partition, ts)

@@ -164,8 +164,9 @@ async def test_a_str_subclass_key_is_sent_as_its_text() -> None:
         [("a", 1), ("b", 2, 3), ("c", 1)],
         [("a", 1), ("b",), ("c", 1)],
         [("a", 1), None, ("c", 1)],
+        [("a", 1).__iter__, ("b", 2, 3), ("c", 1)],  # made anew per run (below): read once
     ],
-    ids=["a-triple", "a-single", "none"],
+    ids=["a-triple", "a-single", "none", "an-item-read-once"],
 )
 @pytest.mark.parametrize("as_generator", [False, True])
 async def test_an_item_that_is_not_a_pair_leaves_the_items_before_it_sent(
@@ -175,8 +176,9 @@ async def test_an_item_that_is_not_a_pair_leaves_the_items_before_it_sent(
     never sent, and the next send takes the next index."""
 
     async def body(out: Any, _line: bytes) -> None:
+        fresh = [item() if callable(item) else item for item in items]
         try:
-            await out.send_many(iter(items) if as_generator else items)
+            await out.send_many(iter(fresh) if as_generator else fresh)
         finally:
             await out.send(key="z", value=1)
 
@@ -279,3 +281,119 @@ async def test_a_row_json_cannot_carry_dead_letters_its_event() -> None:
             await ctx.put(value, key="k", partition=0)
     assert [d.headers["sluice.reason"] for d in ctx.dead_letters] == [b"unencodable_value"]
     assert table["k"] == 2**63 + 1
+
+
+async def test_a_combine_that_changes_its_argument_splits_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records split for size are encoded again after a merge: the parts must still be the
+    values as sent (the merge starts from a copy), on both paths."""
+    from service import repartition
+
+    monkeypatch.setattr(repartition, "MAX_REPARTITION_RECORD", 400)
+
+    async def body(out: Any, line: bytes) -> None:
+        await out.send_many([(f"k{i % 3}", [int(line), i]) for i in range(40)])
+
+    for folds in (True, False):  # each path splits its own way
+        updates, letters = await _run(body, [b"1", b"2", b"3"], folds=folds, combine=_mutating_merge)
+        assert letters == []
+        assert len(updates) > 3  # split: even one key's parts take more than one record
+        sent = {
+            (key, *position): payload
+            for _p, key, _v, _l, _f, _n, _ts, parts in updates
+            for position, payload in parts
+        }
+        assert sent == {(f"k{i % 3}", o, i): [o + 1, i] for o in range(3) for i in range(40)}
+        for _p, _key, merged, _last, _first, count, _ts, parts in updates:
+            assert len(parts) == count
+            assert merged == [x for _position, payload in parts for x in payload]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{1: 2}, {"n": 2**70}, b"raw", "lone \udcff", {1, 2}],
+    ids=["dict-with-an-int-key", "nested-int-past-64-bits", "bytes", "lone-surrogate", "set"],
+)
+async def test_a_value_no_row_can_hold_dead_letters_the_event_that_writes_it(value: Any) -> None:
+    app = service.App("unit-folding-rows", sluice_settings=load_settings(app_id="unit-folding-rows"))
+    numbers = app.topic("numbers", key_type=str, value_type=int)
+    table = app.Table("rows", default=int, partitions=1)
+
+    @app.agent(numbers, name="rows")
+    async def rows(stream: Any) -> None:
+        async for event in stream.events():
+            table[event.key] = value if event.value == 0 else event.value
+
+    async with rows.test_context(partitions=1) as ctx:
+        for number in (0, 7):
+            await ctx.put(number, key="k", partition=0)
+    assert [d.headers["sluice.reason"] for d in ctx.dead_letters] == [b"unencodable_value"]
+    assert table["k"] == 7
+
+
+@pytest.mark.parametrize(
+    "options", [{"combine": operator.add}, {"pack": True}, {}], ids=["folded", "packed", "plain"]
+)
+@pytest.mark.parametrize("timestamp", [1.7e18, float("nan")], ids=["nanoseconds-as-seconds", "nan"])
+async def test_a_timestamp_no_record_can_carry_dead_letters_its_event(options: Any, timestamp: float) -> None:
+    app = service.App("unit-folding-ts", sluice_settings=load_settings(app_id="unit-folding-ts"))
+    source = app.topic("lines", value_type=bytes, value_serializer="raw")
+    out = app.topic("out", key_type=str, value_type=int, internal=bool(options), **options)
+
+    @app.agent(source, name="sender")
+    async def sender(stream: Any) -> None:
+        async for line in stream:
+            await out.send(key="k", value=1, timestamp=timestamp if line == b"bad" else None)
+
+    async with sender.test_context() as ctx:
+        await ctx.put_many([b"bad", b"good"], partition=0)
+    assert [d.headers["sluice.reason"] for d in ctx.dead_letters] == [b"invalid_timestamp"]
+    assert len(ctx.sent) == 1
+
+
+async def test_a_merge_that_cannot_be_carried_travels_unmerged_on_the_per_event_path_too() -> None:
+    async def body(out: Any, _line: bytes) -> None:
+        await out.send_many([("k", 2**64 - 1), ("k", 1), ("j", 5)])
+
+    updates, letters = await _run(body, [b"one"], folds=False)
+    assert letters == []
+    assert sorted((key, payload, position) for _p, key, payload, position, *_ in updates) == [
+        ("j", 5, [0, 2]),
+        ("k", 1, [0, 1]),
+        ("k", 2**64 - 1, [0, 0]),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("source", "parts"),
+    [("bogus", {"k": [[2, 0, 1]]}), ("lines:0", {"k": []})],
+    ids=["a-source-that-names-no-partition", "no-parts-for-the-key"],
+)
+async def test_a_packed_record_that_is_not_sluices_is_dead_lettered(source: str, parts: Any) -> None:
+    """Dead-lettered with its reason, and the agent goes on (an actor that died would leave the
+    batch waiting forever; an event with no parts would vanish)."""
+    app = service.App("unit-folding-bogus", sluice_settings=load_settings(app_id="unit-folding-bogus"))
+    words = app.topic(
+        "words", internal=True, key_type=str, value_type=int, combine=operator.add, partitions=1
+    )
+    table = app.Table("counts", default=int, partitions=1)
+
+    @app.agent(words, name="count")
+    async def count(stream: Any) -> None:
+        async for event in stream.events():
+            table[event.key] += event.value
+
+    def record(offset: int, src: str, updates: list[Any], header: Any) -> _Record:
+        value = orjson.dumps({"s": src, "ts": 1, "c": updates})
+        return _Record("words", 0, offset, None, value, [("sluice.parts", orjson.dumps(header))], 1)
+
+    async with count.test_context(partitions=1) as ctx:
+        await ctx._process([record(0, source, [["k", 1, 1, 0, 1, 0, 1]], {"k": [[1, 0, 1]]})])
+        await ctx._process(
+            [
+                record(1, source, [["k", 2, 1, 0, 2, 0, 2]], parts),  # partial for the row, if it has one
+                record(2, "lines:0", [["j", 5, 3, 0, 3, 0, 1]], {"j": [[3, 0, 5]]}),
+            ]
+        )
+    reasons = [d.headers["sluice.reason"] for d in ctx.dead_letters]
+    assert reasons and set(reasons) == {b"invalid_repartition_record"}
+    assert table["j"] == 5
