@@ -68,19 +68,21 @@ class PackedSends:
                 pairs.extend(items)  # keeps what came before an item the iterable failed to make
             except BaseException as exc:  # raised after the items before it are sent
                 failure = exc
-        if not pairs:
-            pass
-        elif not set(map(type, pairs)) <= _SEQUENCES:  # items that may be read only once: one by one
-            self._fold_each(unit, pairs, partition, ts)
-        else:
-            try:
-                keys, values = split_pairs(pairs)
-            except (TypeError, ValueError):  # an item that is not a pair: raised at that item
-                self._fold_each(unit, pairs, partition, ts)
-            else:
-                self._fold_columns(unit, keys, values, partition, ts)
+        if pairs:
+            self._fold_pairs(unit, pairs, partition, ts)
         if failure is not None:
             raise failure
+
+    def _fold_pairs(self, unit: Any, pairs: Sequence[Any], partition: int | None, ts: int) -> None:
+        if not set(map(type, pairs)) <= _SEQUENCES:  # items that may be read only once: one by one
+            self._fold_each(unit, pairs, partition, ts)
+            return
+        try:
+            keys, values = split_pairs(pairs)
+        except (TypeError, ValueError):  # an item that is not a pair: raised at that item
+            self._fold_each(unit, pairs, partition, ts)
+        else:
+            self._fold_columns(unit, keys, values, partition, ts)
 
     def _fold_columns(
         self, unit: Any, keys: Sequence[Any], values: Sequence[Any], partition: int | None, ts: int

@@ -84,10 +84,8 @@ class Durability:
     async def abandon_phase_a(self) -> None:
         """Closing after a failure: let the in-flight phase A end (its outcome no longer
         matters: nothing more is committed)."""
-        pending, self._phase_a = self._phase_a, None
-        if pending is not None:
-            with contextlib.suppress(Exception):
-                await pending
+        with contextlib.suppress(Exception):
+            await self.settle_phase_a()
 
     def pending(self) -> set[int]:
         """Partition numbers with something for phase B."""
